@@ -1,0 +1,257 @@
+"""Typed configurations and named profiles.
+
+A configuration fully determines an artifact: `artifacts.key_of(cfg, ...)` hashes the dataclass fields, so two
+notebooks that ask for the same tokenizer get the same cached checkpoint.
+
+Profiles: `smoke` (CI, seconds on a CPU), `quick` (the default, minutes on a laptop CPU), `full` (the study on one GPU).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which images. `name` is "fashion-mnist" or a path to a folder with one sub-folder per class."""
+
+    name: str = "fashion-mnist"
+    resolution: int = 32
+    channels: int = 1  # 1 = grayscale, 3 = RGB (image folders are converted on load)
+    holdout: float = 0.1  # image folders: seeded fraction held out as the test split
+    split_seed: int = 0
+    limit_train: int | None = None  # use only the first N training images (smoke runs)
+    limit_test: int | None = None
+
+
+@dataclass(frozen=True)
+class TokenizerConfig:
+    """Multi-scale VQVAE. `paper()` is the authors' vae_ch160v4096z32 (16x down, 10 scales, 256 px)."""
+
+    in_channels: int = 1
+    ch: int = 64
+    ch_mult: tuple[int, ...] = (1, 2, 2)  # len(ch_mult) - 1 downsamplings by 2
+    num_res_blocks: int = 2
+    using_sa: bool = True  # self-attention in every block of the lowest-resolution level
+    using_mid_sa: bool = True
+    dropout: float = 0.0
+    z_channels: int = 32  # Cvae
+    vocab_size: int = 1024  # V, one codebook shared by all scales
+    scales: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 8)  # h_k = w_k; the last equals the latent size
+    phi_ratio: float = 0.5  # phi(h) = (1 - r) h + r conv3x3(h)
+    share_phi: int = 4  # 0: one phi per scale, 1: one for all, n > 1: n phis shared across scales
+    beta: float = 0.25  # commitment weight
+
+    @property
+    def downsample(self) -> int:
+        return 2 ** (len(self.ch_mult) - 1)
+
+    @property
+    def resolution(self) -> int:
+        return self.scales[-1] * self.downsample
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(pn * pn for pn in self.scales)
+
+    @classmethod
+    def paper(cls, scales: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)) -> TokenizerConfig:
+        return cls(
+            in_channels=3, ch=160, ch_mult=(1, 1, 2, 2, 4), num_res_blocks=2, z_channels=32, vocab_size=4096,
+            scales=scales, share_phi=4,
+        )
+
+
+@dataclass(frozen=True)
+class TokenizerTrainConfig:
+    steps: int = 3000
+    batch_size: int = 128
+    lr: float = 3e-4
+    betas: tuple[float, float] = (0.5, 0.9)
+    weight_decay: float = 0.0
+    grad_clip: float = 10.0
+    lpips_weight: float = 0.5  # used only when the LPIPS backbone weights exist locally
+    gan_weight: float = 0.1  # hinge GAN with a PatchGAN discriminator; 0 disables it
+    gan_start: float = 0.5  # fraction of the steps before the discriminator is switched on
+    restart_dead_codes_every: int = 200  # steps; 0 disables codebook restarts
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class VARConfig:
+    """VAR transformer: width 64*depth, depth heads, MLP ratio 4 (paper Sec. 4). One-scale `scales` = raster AR."""
+
+    depth: int = 4
+    num_classes: int = 10
+    vocab_size: int = 1024
+    z_channels: int = 32
+    scales: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 8)
+    adaln: bool = True  # class-conditioned AdaLN; off = plain pre-LN blocks with the class as start token only
+    attn_l2_norm: bool = True  # "attention normalisation": L2-normalised q, k with a learnable per-head scale
+    shared_aln: bool = False
+    cond_drop_rate: float = 0.1  # class dropout for classifier-free guidance (null class = num_classes)
+    drop_path_rate: float | None = None  # None: 0.1 * depth / 24, as the authors' builder
+    mlp_ratio: float = 4.0
+    norm_eps: float = 1e-6
+    head_dim: int = 64
+
+    @property
+    def width(self) -> int:
+        return self.head_dim * self.depth
+
+    @property
+    def num_heads(self) -> int:
+        return self.depth
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(pn * pn for pn in self.scales)
+
+    @property
+    def drop_path(self) -> float:
+        return 0.1 * self.depth / 24 if self.drop_path_rate is None else self.drop_path_rate
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Transformer training (authors' recipe: AdamW 0.9/0.95, wd 0.05, lr = base_lr * batch / 256, clip 2)."""
+
+    steps: int = 2000
+    batch_size: int = 256
+    base_lr: float = 1e-4  # per 256 images (authors' tblr)
+    lr_scale: float = 1.0  # multiplies base_lr; small models on small data like a larger rate
+    warmup_frac: float = 0.02
+    final_lr_frac: float = 0.01
+    weight_decay: float = 0.05
+    betas: tuple[float, float] = (0.9, 0.95)
+    grad_clip: float = 2.0
+    label_smoothing: float = 0.0
+    scale_weighting: str = "uniform"  # "uniform" (mean over all L tokens, as the authors) or "per_scale"
+    eval_every: int = 500
+    seed: int = 0
+    compile: bool = False  # torch.compile the training step (GPU)
+
+    @property
+    def lr(self) -> float:
+        return self.base_lr * self.lr_scale * self.batch_size / 256
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    """Sampling settings. Two named presets: PAPER_SAMPLING and README_SAMPLING (they disagree; see issue #86)."""
+
+    cfg: float = 1.5
+    cfg_schedule: str = "linear"  # "linear": t = cfg * k / (K - 1) at scale k (paper, after MUSE); "constant"
+    top_k: int = 0  # 0 = off
+    top_p: float = 1.0  # 1.0 = off
+    temperature: float = 1.0
+    smooth: bool = False  # Gumbel-softmax soft codes, for visualisation only
+
+
+PAPER_SAMPLING = SampleConfig(cfg=2.0, top_k=600, top_p=1.0)
+README_SAMPLING = SampleConfig(cfg=1.5, top_k=900, top_p=0.96)
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    data: DataConfig
+    tokenizer: TokenizerConfig
+    tokenizer_train: TokenizerTrainConfig
+    var: VARConfig
+    train: TrainConfig
+    sample: SampleConfig
+    scaling_depths: tuple[int, ...]
+    n_eval: int  # generated images per FID estimate
+    classifier_epochs: int
+    extra: dict = field(default_factory=dict)
+
+
+def _smoke() -> Profile:
+    tok = TokenizerConfig(ch=16, ch_mult=(1, 2, 2), num_res_blocks=1, using_sa=False, vocab_size=64, scales=(1, 2, 4, 8))
+    return Profile(
+        name="smoke",
+        data=DataConfig(limit_train=512, limit_test=256),
+        tokenizer=tok,
+        tokenizer_train=TokenizerTrainConfig(steps=30, batch_size=32, gan_weight=0.0, restart_dead_codes_every=10),
+        var=VARConfig(depth=1, vocab_size=tok.vocab_size, scales=tok.scales),
+        train=TrainConfig(steps=30, batch_size=32, lr_scale=20.0, eval_every=15),
+        sample=SampleConfig(cfg=1.5, top_k=0, top_p=1.0),
+        scaling_depths=(1, 2),
+        n_eval=64,
+        classifier_epochs=1,
+    )
+
+
+def _quick() -> Profile:
+    tok = TokenizerConfig(ch=32, ch_mult=(1, 2, 2), num_res_blocks=1, vocab_size=512)
+    return Profile(
+        name="quick",
+        data=DataConfig(),
+        tokenizer=tok,
+        tokenizer_train=TokenizerTrainConfig(steps=1500, batch_size=64, gan_weight=0.0),
+        var=VARConfig(depth=3, vocab_size=tok.vocab_size, scales=tok.scales),
+        train=TrainConfig(steps=600, batch_size=128, lr_scale=10.0, eval_every=200),
+        sample=SampleConfig(cfg=1.5, top_k=0, top_p=1.0),
+        scaling_depths=(1, 2, 3, 4, 5, 6),
+        n_eval=1000,
+        classifier_epochs=2,
+    )
+
+
+def _full() -> Profile:
+    tok = TokenizerConfig(ch=128, ch_mult=(1, 2, 2), num_res_blocks=2, vocab_size=1024)
+    return Profile(
+        name="full",
+        data=DataConfig(),
+        tokenizer=tok,
+        tokenizer_train=TokenizerTrainConfig(steps=8000, batch_size=256),
+        var=VARConfig(depth=8, vocab_size=tok.vocab_size, scales=tok.scales),
+        train=TrainConfig(steps=6000, batch_size=512, lr_scale=4.0, eval_every=1000, compile=True),
+        sample=SampleConfig(cfg=1.5, top_k=0, top_p=1.0),
+        scaling_depths=(2, 3, 4, 6, 8, 10, 12),
+        n_eval=10000,
+        classifier_epochs=15,
+    )
+
+
+PROFILES = {"smoke": _smoke, "quick": _quick, "full": _full}
+
+
+def get_profile(name: str, dataset: str = "fashion-mnist", resolution: int | None = None,
+                channels: int | None = None) -> Profile:
+    """The named profile, adapted to `dataset` (a folder path) and `resolution` where they differ from the default."""
+    if name not in PROFILES:
+        raise ValueError(f"unknown profile {name!r}: choose one of {sorted(PROFILES)}")
+    prof = PROFILES[name]()
+    data = dataclasses.replace(prof.data, name=dataset)
+    if channels is not None:
+        data = dataclasses.replace(data, channels=channels)
+    elif dataset != "fashion-mnist":
+        data = dataclasses.replace(data, channels=3)
+    if resolution is not None:
+        data = dataclasses.replace(data, resolution=resolution)
+    tok = prof.tokenizer
+    if data.resolution != tok.resolution:
+        if data.resolution % tok.downsample:
+            raise ValueError(f"resolution {data.resolution} is not a multiple of the tokenizer's "
+                             f"downsampling factor {tok.downsample}")
+        last = data.resolution // tok.downsample
+        tok = dataclasses.replace(tok, scales=scales_for(last))
+    tok = dataclasses.replace(tok, in_channels=data.channels)
+    var = dataclasses.replace(prof.var, vocab_size=tok.vocab_size, z_channels=tok.z_channels, scales=tok.scales)
+    return dataclasses.replace(prof, data=data, tokenizer=tok, var=var)
+
+
+def scales_for(last: int) -> tuple[int, ...]:
+    """A scale schedule ending at `last`: 1, 2, 3, 4, 5, 6, then roughly x1.3 steps (the paper's 256 px pattern)."""
+    out = [1]
+    while out[-1] < last:
+        nxt = out[-1] + 1 if out[-1] < 6 else max(out[-1] + 1, round(out[-1] * 1.3))
+        out.append(min(nxt, last))
+    return tuple(out)
+
+
+def to_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg)
