@@ -169,7 +169,8 @@ class Profile:
 
 
 def _smoke() -> Profile:
-    tok = TokenizerConfig(ch=16, ch_mult=(1, 2, 2), num_res_blocks=1, using_sa=False, vocab_size=64, scales=(1, 2, 4, 8))
+    tok = TokenizerConfig(ch=16, ch_mult=(1, 2, 2), num_res_blocks=1, using_sa=False, vocab_size=64,
+                          scales=(1, 2, 4, 8))
     return Profile(
         name="smoke",
         data=DataConfig(limit_train=512, limit_test=256),

@@ -50,7 +50,8 @@ class ImageDataset(Dataset):
 
     def __init__(self, images_u8: torch.Tensor, labels: torch.Tensor, classes: tuple[str, ...], name: str):
         if images_u8.dtype != torch.uint8 or images_u8.ndim != 4:
-            raise DataError(f"{name}: images must be uint8 (N, C, H, W), got {images_u8.dtype} {tuple(images_u8.shape)}")
+            raise DataError(f"{name}: images must be uint8 (N, C, H, W), "
+                            f"got {images_u8.dtype} {tuple(images_u8.shape)}")
         self.images_u8, self.labels, self.classes, self.name = images_u8, labels.long(), classes, name
 
     def __len__(self) -> int:
@@ -137,10 +138,8 @@ def _parse_idx(raw: bytes, path: Path) -> np.ndarray:
 def load_fashion_mnist(split: str, cfg: DataConfig) -> ImageDataset:
     d = fashion_mnist_dir()
     prefix = {"train": "train", "test": "t10k"}[split]
-    imgs = _parse_idx(_check_idx(d / f"{prefix}-images-idx3-ubyte.gz", FMNIST_FILES[f"{prefix}-images-idx3-ubyte.gz"]),
-                      d / f"{prefix}-images-idx3-ubyte.gz")
-    labels = _parse_idx(_check_idx(d / f"{prefix}-labels-idx1-ubyte.gz", FMNIST_FILES[f"{prefix}-labels-idx1-ubyte.gz"]),
-                        d / f"{prefix}-labels-idx1-ubyte.gz")
+    imgs, labels = (_parse_idx(_check_idx(d / f, FMNIST_FILES[f]), d / f)
+                    for f in (f"{prefix}-images-idx3-ubyte.gz", f"{prefix}-labels-idx1-ubyte.gz"))
     x = torch.from_numpy(imgs.copy()).unsqueeze(1)  # (N, 1, 28, 28)
     pad = (cfg.resolution - 28) // 2
     if cfg.resolution >= 28:  # 28x28 padded with background to 32x32 (the default)
