@@ -256,3 +256,10 @@ def scales_for(last: int) -> tuple[int, ...]:
 
 def to_dict(cfg) -> dict:
     return dataclasses.asdict(cfg)
+
+
+def ar_baseline(prof: Profile) -> tuple[TokenizerConfig, VARConfig]:
+    """The raster AR baseline for a profile: a one-scale tokenizer of the same architecture (its final token grid)
+    and a transformer of the same depth rule over that grid (the ablation's first row, the speed comparison)."""
+    tok = dataclasses.replace(prof.tokenizer, scales=(prof.tokenizer.scales[-1],))
+    return tok, dataclasses.replace(prof.var, scales=tok.scales)

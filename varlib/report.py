@@ -97,3 +97,44 @@ class Report:
         for folder in (self.results, self.figures):
             if folder.exists():
                 (folder / "provenance.json").write_text(json.dumps(rec, indent=2) + "\n")
+
+
+def repo_root(start: Path | None = None) -> Path:
+    """The checkout's top folder (where pyproject.toml is), so notebooks write to results/ from any working dir."""
+    here = (start or Path.cwd()).resolve()
+    for d in (here, *here.parents):
+        if (d / "pyproject.toml").is_file() and (d / "varlib").is_dir():
+            return d
+    return here
+
+
+def start_study(name: str, profile: str = "quick", dataset: str = "fashion-mnist", resolution: int | None = None,
+                device: str = "auto", seed: int = 0, out_dir: str | None = None, **params: Any):
+    """Everything a notebook's first cell needs: the profile adapted to the data, the device, a seeded RNG, logging,
+    and the Report that writes its tables and figures. Returns (profile, device, report)."""
+    import logging
+
+    from .config import get_profile
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", force=True)
+    prof = get_profile(profile, dataset=dataset, resolution=resolution)
+    dev = resolve_device(device)
+    torch.manual_seed(seed)
+    all_params = dict(profile=profile, dataset=dataset, resolution=prof.data.resolution, device=str(dev), seed=seed,
+                      **params)
+    report = Report(name, all_params, out_dir=out_dir or repo_root(), device=dev, seed=seed)
+    return prof, dev, report
+
+
+def image_grid(ax, images: torch.Tensor, nrow: int, title: str | None = None) -> None:
+    """Draw a batch (N, C, H, W) — uint8, or floats in [-1, 1] — as one image with `nrow` images per row."""
+    from torchvision.utils import make_grid
+
+    x = images.detach().cpu()
+    x = x.float() / 255 if x.dtype == torch.uint8 else (x.float() + 1) / 2
+    grid = make_grid(x.clamp(0, 1), nrow=nrow, padding=1, pad_value=1.0).permute(1, 2, 0).numpy()
+    ax.imshow(grid[..., 0] if images.shape[1] == 1 else grid, cmap="gray" if images.shape[1] == 1 else None,
+              vmin=0, vmax=1)
+    ax.set_axis_off()
+    if title:
+        ax.set_title(title)

@@ -1,0 +1,219 @@
+"""Samplers: cache vs. no cache, guidance, top-k/top-p, seeds, zero-shot editing, argument checks, the benchmark."""
+
+import os
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from varlib import sampling
+from varlib.config import SampleConfig, TokenizerConfig, VARConfig
+from varlib.sampling import (
+    box_mask,
+    edit,
+    edit_ar,
+    sample_ar,
+    sample_many,
+    sample_var,
+    sample_var_reference,
+    top_k_top_p,
+)
+from varlib.tokenizer import VQVAE
+from varlib.transformer import VAR, ARTransformer
+
+ROOT = Path(__file__).resolve().parents[1]
+SCALES = (1, 2, 3, 4)
+TOK = dict(in_channels=1, ch=8, ch_mult=(1, 2), num_res_blocks=1, using_sa=False, using_mid_sa=False, vocab_size=32,
+           z_channels=8)
+SC = SampleConfig(cfg=1.5, top_k=12, top_p=0.9)
+
+
+def randomised(model, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def var_pair():
+    torch.manual_seed(0)
+    vae = VQVAE(TokenizerConfig(**TOK, scales=SCALES)).eval()
+    model = randomised(VAR(VARConfig(depth=2, head_dim=16, num_classes=5, vocab_size=32, z_channels=8,
+                                     scales=SCALES)))
+    return model, vae
+
+
+@pytest.fixture(scope="module")
+def ar_pair():
+    torch.manual_seed(0)
+    vae = VQVAE(TokenizerConfig(**TOK, scales=(4,))).eval()
+    model = randomised(ARTransformer(VARConfig(depth=2, head_dim=16, num_classes=5, vocab_size=32, z_channels=8,
+                                               scales=(4,))))
+    return model, vae
+
+
+def gen(seed=1):
+    return torch.Generator().manual_seed(seed)
+
+
+def same_tokens(a, b):
+    return all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+
+
+LABELS = torch.tensor([0, 1, 4, 5, 2, 2])
+
+
+@pytest.mark.parametrize("sc", [SC, SampleConfig(cfg=3.0, cfg_schedule="constant"), SampleConfig(cfg=0.0, top_k=5),
+                                replace(SC, temperature=0.7, smooth=True)])
+def test_cached_sampler_equals_reference_sampler(var_pair, sc):
+    model, vae = var_pair
+    idx_a, img_a = sample_var(model, vae, LABELS, sc, gen())
+    idx_b, img_b = sample_var_reference(model, vae, LABELS, sc, gen())
+    assert [t.shape for t in idx_a] == [(6, pn * pn) for pn in SCALES]
+    assert same_tokens(idx_a, idx_b)
+    torch.testing.assert_close(img_a, img_b, rtol=1e-4, atol=1e-4)
+    assert img_a.shape == (6, 1, 8, 8) and img_a.abs().max() <= 1
+
+
+def test_cfg_zero_is_unguided_and_cfg_uses_the_null_class(var_pair):
+    model, vae = var_pair
+    other = VAR(model.cfg).eval()
+    other.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        other.class_emb.weight[model.num_classes] += 1.0  # a different null class: only guidance may notice
+    labels = torch.tensor([0, 1, 4, 2])  # no null-class row: its conditional branch would change too
+    for sc, equal in [(replace(SC, cfg=0.0), True), (replace(SC, cfg=0.0, cfg_schedule="constant"), True),
+                      (replace(SC, cfg=2.0), False)]:
+        a, _ = sample_var(model, vae, labels, sc, gen())
+        b, _ = sample_var(other, vae, labels, sc, gen())
+        assert same_tokens(a, b) == equal
+        assert torch.equal(a[0], b[0]), "the linear ramp has t = 0 at the first scale"
+
+
+def test_top_k_one_is_greedy(var_pair):
+    model, vae = var_pair
+    greedy = SampleConfig(cfg=1.0, top_k=1)
+    a, _ = sample_var(model, vae, LABELS, greedy, gen(1))
+    b, _ = sample_var(model, vae, LABELS, greedy, gen(2))
+    assert same_tokens(a, b)
+    with torch.no_grad():
+        first = model(LABELS, torch.zeros(6, 0, 8))[:, 0]
+    assert torch.equal(a[0][:, 0], first.argmax(-1))
+
+
+def test_top_k_top_p_keeps_the_authors_candidate_set():
+    """The kept set equals the authors' rule (mask below the k-th largest; sort ascending, drop where the
+    ascending cumulative probability <= 1 - top_p, keep the max) computed over the whole vocabulary."""
+    logits = torch.randn(3, 7, 50, generator=gen()) * 3
+    for top_k, top_p in [(10, 1.0), (0, 0.8), (20, 0.5), (50, 0.96), (5, 1e-3)]:
+        theirs = logits.clone()
+        if top_k:
+            theirs[theirs < theirs.topk(top_k)[0][..., -1:]] = -torch.inf
+        if top_p < 1:
+            s, order = theirs.sort(-1)
+            drop = s.softmax(-1).cumsum(-1) <= 1 - top_p
+            drop[..., -1] = False
+            theirs[drop.scatter(-1, order, drop)] = -torch.inf
+        vals, ids = top_k_top_p(logits, top_k, top_p)
+        ours = torch.full_like(logits, -torch.inf).scatter(-1, ids, vals)
+        assert torch.equal(ours.isfinite(), theirs.isfinite()), (top_k, top_p)
+
+
+def test_categorical_draws_follow_the_softmax():
+    logits = torch.tensor([[[0.0, 1.0, 2.0, -torch.inf]]]).expand(1, 20000, 4)
+    draws = sampling.categorical(logits, gen())
+    freq = torch.bincount(draws.flatten(), minlength=4).float() / draws.numel()
+    torch.testing.assert_close(freq, logits[0, 0].softmax(-1), atol=0.015, rtol=0)
+
+
+def test_seeds_reproduce_and_batches_get_their_own_streams(var_pair):
+    model, vae = var_pair
+    labels = torch.tensor([3, 3, 3, 3])
+    tokens, images = sample_many(model, vae, labels, SC, batch_size=2, seed=7)
+    again, _ = sample_many(model, vae, labels, SC, batch_size=2, seed=7)
+    other, _ = sample_many(model, vae, labels, SC, batch_size=2, seed=8)
+    assert torch.equal(tokens, again) and not torch.equal(tokens, other)
+    assert tokens.shape == (4, model.L) and images.dtype == torch.uint8 and images.shape == (4, 1, 8, 8)
+    assert not torch.equal(tokens[:2], tokens[2:]), "two batches with the same labels drew the same noise (#69)"
+
+
+def test_zero_shot_edit_never_changes_known_tokens(var_pair):
+    model, vae = var_pair
+    images = torch.rand(4, 1, 8, 8, generator=gen()) * 2 - 1
+    for mode in ("inpaint", "outpaint"):
+        mask = box_mask(8, 8, (2, 2, 6, 6), mode, batch_size=4)
+        idx_Bl, out = edit(model, vae, images, mask, None, SC, gen())
+        known_Bl = vae.img_to_idxBl(images)
+        changed = False
+        for pn, ours, known in zip(SCALES, idx_Bl, known_Bl, strict=True):
+            keep = sampling._known_at(mask, pn) | (pn * pn <= 3)
+            assert torch.equal(ours[keep], known[keep]), f"{mode}: a known token changed at scale {pn}"
+            changed |= bool((ours[~keep] != known[~keep]).any())
+        assert changed and out.shape == images.shape
+    full, _ = edit(model, vae, images, torch.ones(4, 8, 8), torch.tensor([0, 1, 2, 3]), SC, gen())
+    assert same_tokens(full, vae.img_to_idxBl(images))
+
+
+def test_ar_sampling_and_prefix_only_editing(ar_pair):
+    model, vae = ar_pair
+    (idx_BL,), images = sample_ar(model, vae, LABELS, SC, gen())
+    assert idx_BL.shape == (6, 16) and images.shape == (6, 1, 8, 8)
+    (again,), _ = sample_ar(model, vae, LABELS, SC, gen())
+    assert torch.equal(idx_BL, again)
+    pictures = torch.rand(2, 1, 8, 8, generator=gen()) * 2 - 1
+    mask = box_mask(8, 8, (4, 4, 8, 8), "inpaint", batch_size=2)  # unknown bottom-right quarter: first at token 10
+    (edited,), _ = edit_ar(model, vae, pictures, mask, None, SC, gen())
+    (known,) = vae.img_to_idxBl(pictures)
+    assert torch.equal(edited[:, :10], known[:, :10])
+    assert not torch.equal(edited[:, 10:], known[:, 10:])
+
+
+@pytest.mark.parametrize("bad, match", [
+    (dict(labels=torch.tensor([0, 6])), "labels_B"),
+    (dict(labels=torch.tensor([], dtype=torch.long)), "labels_B"),
+    (dict(sc=SampleConfig(cfg=-1.0)), "cfg"),
+    (dict(sc=SampleConfig(top_p=0.0)), "top_p"),
+    (dict(sc=SampleConfig(top_p=1.5)), "top_p"),
+    (dict(sc=SampleConfig(top_k=-1)), "top_k"),
+    (dict(sc=SampleConfig(temperature=0.0)), "temperature"),
+    (dict(sc=SampleConfig(cfg_schedule="cosine")), "cfg_schedule"),
+])
+def test_bad_arguments_raise_before_model_work(var_pair, bad, match):
+    model, _ = var_pair
+    labels, sc = bad.get("labels", LABELS), bad.get("sc", SC)
+    with pytest.raises(ValueError, match=match):  # vae=None: any model work would fail differently
+        sample_var(model, None, labels, sc, gen())
+    with pytest.raises(ValueError, match=match):
+        sample_var_reference(model, None, labels, sc, gen())
+
+
+def test_bad_edit_arguments_raise(var_pair):
+    model, _ = var_pair
+    images = torch.zeros(2, 1, 8, 8)
+    with pytest.raises(ValueError, match="keep_mask_BHW"):
+        edit(model, None, images, torch.ones(2, 4, 4), None, SC, gen())
+    with pytest.raises(ValueError, match="labels"):
+        edit(model, None, images, torch.ones(2, 8, 8), torch.tensor([0, 9]), SC, gen())
+    with pytest.raises(ValueError, match="images"):
+        edit(model, None, torch.zeros(0, 1, 8, 8), torch.ones(0, 8, 8), None, SC, gen())
+    with pytest.raises(ValueError, match="batch_size"):
+        sample_many(model, None, LABELS, SC, batch_size=0, seed=0)
+    with pytest.raises(ValueError, match="box"):
+        box_mask(8, 8, (2, 2, 9, 6), "inpaint")
+
+
+def test_bench_quick_runs(tmp_path):
+    out = tmp_path / "bench.json"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "bench_sampler.py"), "--quick", "--out", str(out)]
+    authors = ROOT / ".authors" / "VAR"
+    if authors.is_dir():
+        cmd += ["--authors-dir", str(authors)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert out.is_file() and "img/s" in result.stdout
