@@ -91,10 +91,10 @@ def exercise_weights(model: VAR, seed: int) -> VAR:
     g = torch.Generator(device="cpu").manual_seed(seed)
     C = model.C
     with torch.no_grad():
-        model.head.weight.copy_(torch.randn(model.head.weight.shape, generator=g) * 2 / math.sqrt(C))
+        model.head.weight.copy_(torch.randn(model.head.weight.shape, generator=g, device="cpu") * 2 / math.sqrt(C))
         for block in model.blocks:
             gammas = block.ada_lin[-1].weight[:2 * C]
-            gammas.copy_(torch.randn(gammas.shape, generator=g) * 0.5 / math.sqrt(C))
+            gammas.copy_(torch.randn(gammas.shape, generator=g, device="cpu") * 0.5 / math.sqrt(C))
     return model
 
 

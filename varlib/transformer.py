@@ -305,6 +305,11 @@ class _TokenTransformer(nn.Module):
     def forward(self, label_B: torch.Tensor, x_BLCv_wo_first_l: torch.Tensor) -> torch.Tensor:
         """Teacher forcing: logits_BLV (float32) for all L tokens given the class and the inputs of tokens
         first_l..L-1 (B, L - first_l, Cvae), see `teacher_forcing_input`. A prefix (fewer tokens) is allowed."""
+        return self.logits(*self.features(label_B, x_BLCv_wo_first_l))
+
+    def features(self, label_B: torch.Tensor, x_BLCv_wo_first_l: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The blocks' output h_BLC and the class condition cond_BD, before the head (training applies the head in
+        chunks so that the float32 B x L x V logits are never materialised at once)."""
         L_in = self.first_l + x_BLCv_wo_first_l.shape[1]
         if L_in > self.L:
             raise ValueError(f"x_BLCv_wo_first_l has {x_BLCv_wo_first_l.shape[1]} tokens; at most "
@@ -316,7 +321,7 @@ class _TokenTransformer(nn.Module):
         attn_bias = self.attn_bias_for_masking[:, :, :L_in, :L_in]
         for block in self.blocks:
             x_BLC = block(x_BLC, cond, attn_bias)
-        return self.logits(x_BLC, cond_BD)
+        return x_BLC, cond_BD
 
     def step(self, x_BlC: torch.Tensor, cond_BD: torch.Tensor, caches: list[KVCache]) -> torch.Tensor:
         """One cached inference step over the next l tokens (already embedded): logits (B, l, V). The tokens see

@@ -1,0 +1,255 @@
+"""Training throughput: varlib's training step beside the authors' at the paper's d16, 256 px (REFERENCE.md section 8).
+
+    python benchmarks/bench_train.py --out results/bench_train.json          # one GPU: d16, 680 tokens, V 4096, B 96
+    python benchmarks/bench_train.py --quick --out /tmp/bench_train.json     # CPU smoke: a tiny model, two steps
+    python benchmarks/bench_train.py --cpu-profile quick                     # CPU: training time per depth of a profile
+
+Random tokens and labels, bf16 autocast on CUDA, fused AdamW, gradient clipping at 2. varlib's step is
+`varlib.train.TrainStep` exactly as the trainer runs it (teacher-forcing input from the codebook, forward + loss,
+backward, clip, AdamW); the authors' step is their trainer's (their `idxBl_to_var_input`, their VAR forward, CE averaged
+over the L tokens, backward, clip, fused AdamW), on their model built by their `build_vae_var` with random weights.
+Their builder replaces `reset_parameters` on torch's layer classes for the whole process, so varlib's models are built
+and measured first. A variant that fails is recorded with its error and the others still run.
+
+FLOPs per token = 6 x (matmul parameters) + 12 x depth x L x width (attention scores and values, forward + backward);
+MFU is against 989 TFLOP/s (H100 SXM dense bf16).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import gc
+import json
+import platform
+import sys
+import time
+import types
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from varlib.config import TokenizerConfig, TrainConfig, VARConfig, get_profile
+from varlib.tokenizer import VQVAE, split_scales
+from varlib.train import TrainStep, autocast, evaluate
+from varlib.transformer import build_model
+
+PEAK_FLOPS = 989e12
+PAPER_SCALES = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
+
+
+def flops_per_token(depth: int, vocab_size: int, z_channels: int, num_tokens: int, mlp_ratio: float = 4.0) -> float:
+    """6 x matmul parameters (attention qkv + proj, MLP, word embedding, head; the AdaLN linears act once per
+    sequence, not per token) + 12 x depth x L x width for the attention itself."""
+    width = 64 * depth
+    per_block = 4 * width * width + 2 * mlp_ratio * width * width
+    matmul_params = depth * per_block + width * vocab_size + z_channels * width
+    return 6 * matmul_params + 12 * depth * num_tokens * width
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_steps(step, device: torch.device, warmup: int, steps: int) -> dict:
+    """Seconds per step after `warmup` untimed steps (compilation happens there), and the peak memory."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    t0 = time.perf_counter()
+    for _ in range(warmup):
+        step()
+    sync(device)
+    t1 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    sync(device)
+    out = dict(s_per_step=(time.perf_counter() - t1) / steps, warmup_s=t1 - t0)
+    if device.type == "cuda":
+        out["peak_mem_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
+    return out
+
+
+def random_batch(var_cfg: VARConfig, batch: int, device: torch.device, seed: int = 0):
+    gen = torch.Generator().manual_seed(seed)
+    idx_BL = torch.randint(var_cfg.vocab_size, (batch, var_cfg.num_tokens), generator=gen).to(device)
+    label_B = torch.randint(var_cfg.num_classes, (batch,), generator=gen).to(device)
+    return idx_BL, label_B
+
+
+def varlib_variant(var_cfg: VARConfig, tok_cfg: TokenizerConfig, train_cfg: TrainConfig, batch: int,
+                   device: torch.device, chunk: int):
+    torch.manual_seed(0)
+    model = build_model(var_cfg).to(device).train()
+    vae = VQVAE(tok_cfg).to(device).eval().requires_grad_(False)
+    train_step = TrainStep(model, vae, train_cfg, device, chunk=chunk)
+    idx_BL, label_B = random_batch(var_cfg, batch, device)
+    return lambda: train_step(label_B, idx_BL, train_cfg.lr), model
+
+
+def load_authors(authors_dir: Path, device: torch.device):
+    """Import the authors' `models` package with stand-ins for the two modules it needs only at import time: their
+    `dist` helper (device and process-group queries) and huggingface_hub's mixin (Hub upload, unused here)."""
+    dist_standin = types.ModuleType("dist")
+    dist_standin.get_device = lambda: device
+    dist_standin.initialized = lambda: False
+    hub_standin = types.ModuleType("huggingface_hub")
+    hub_standin.PyTorchModelHubMixin = type("PyTorchModelHubMixin", (), {})
+    sys.modules.setdefault("dist", dist_standin)
+    sys.modules.setdefault("huggingface_hub", hub_standin)
+    sys.path.insert(0, str(authors_dir))
+    import models  # noqa: PLC0415 -- the authors' package, importable only after the path and stand-ins are set
+
+    return models
+
+
+def authors_variant(models, var_cfg: VARConfig, tok_cfg: TokenizerConfig, train_cfg: TrainConfig, batch: int,
+                    device: torch.device, compile: bool):
+    torch.manual_seed(0)
+    vae, var = models.build_vae_var(
+        device=device, patch_nums=var_cfg.scales, V=var_cfg.vocab_size, Cvae=var_cfg.z_channels, ch=tok_cfg.ch,
+        share_quant_resi=4, num_classes=var_cfg.num_classes, depth=var_cfg.depth, shared_aln=False,
+        attn_l2_norm=True, init_adaln=0.5, init_adaln_gamma=1e-3, init_head=0.02, init_std=-1)
+    var.train()
+    net = torch.compile(var) if compile else var
+    opt = torch.optim.AdamW(var.parameters(), lr=train_cfg.lr, betas=train_cfg.betas,
+                            weight_decay=train_cfg.weight_decay, fused=device.type == "cuda")
+    idx_BL, label_B = random_batch(var_cfg, batch, device)
+    weight_1L = torch.ones(1, var_cfg.num_tokens, device=device) / var_cfg.num_tokens
+    V = var_cfg.vocab_size
+
+    def step():
+        idx_Bl = split_scales(idx_BL, var_cfg.scales)
+        x_BLCv_wo_first_l = vae.quantize.idxBl_to_var_input(idx_Bl)
+        with autocast(device):
+            logits_BLV = net(label_B, x_BLCv_wo_first_l)
+            loss = F.cross_entropy(logits_BLV.view(-1, V), idx_BL.view(-1), reduction="none").view(batch, -1)
+            loss = loss.mul(weight_1L).sum(-1).mean()
+        loss.backward()
+        nn.utils.clip_grad_norm_(var.parameters(), train_cfg.grad_clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return step, var
+
+
+def run_variant(name: str, make, device: torch.device, tokens_per_step: int, flops_token: float, warmup: int,
+                steps: int) -> dict:
+    print(f"== {name}", flush=True)
+    try:
+        step, model = make()
+        rec = time_steps(step, device, warmup, steps)
+        rec["params"] = sum(p.numel() for p in model.parameters())
+        del step, model
+    except Exception as e:  # a failing variant (compiler, out of memory) is recorded, the others still run
+        rec = dict(error=f"{type(e).__name__}: {e}"[:2000])
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    torch._dynamo.reset()
+    if "s_per_step" in rec:
+        rec["tokens_per_s"] = tokens_per_step / rec["s_per_step"]
+        rec["mfu"] = rec["tokens_per_s"] * flops_token / PEAK_FLOPS
+        print(f"   {rec['s_per_step']:.4f} s/step  {rec['tokens_per_s'] / 1e3:.1f}k tokens/s  MFU {rec['mfu']:.1%}  "
+              f"peak {rec.get('peak_mem_gb', float('nan')):.1f} GiB  (warm-up {rec['warmup_s']:.1f} s)", flush=True)
+    else:
+        print(f"   FAILED: {rec['error'][:300]}", flush=True)
+    return dict(name=name, **rec)
+
+
+def throughput(args) -> dict:
+    device = torch.device(args.device)
+    if args.quick:
+        scales, depth, V, batch, num_classes, ch = (1, 2, 3, 4), 2, 64, 8, 10, 32
+    else:
+        scales, depth, V, batch, num_classes, ch = PAPER_SCALES, args.depth, 4096, args.batch or 96, 1000, 160
+    tok_cfg = dataclasses.replace(TokenizerConfig.paper(scales), vocab_size=V, ch=ch)
+    var_cfg = VARConfig(depth=depth, num_classes=num_classes, vocab_size=V, z_channels=tok_cfg.z_channels,
+                        scales=scales)
+    train_cfg = TrainConfig(batch_size=batch)
+    L = var_cfg.num_tokens
+    tokens_per_step, flops_token = batch * L, flops_per_token(depth, V, var_cfg.z_channels, L)
+    print(f"d{depth}, {len(scales)} scales, L={L}, V={V}, batch {batch}, {device}: {flops_token / 1e9:.3f} GFLOP/token")
+    common = dict(device=device, tokens_per_step=tokens_per_step, flops_token=flops_token, warmup=args.warmup,
+                  steps=args.steps)
+    results = []
+    for name, compile, chunk in [("varlib eager", False, 0), ("varlib eager + chunked CE", False, 128),
+                                 ("varlib compile", True, 0), ("varlib compile + chunked CE", True, 128)]:
+        cfg = dataclasses.replace(train_cfg, compile=compile)
+        results.append(run_variant(name, lambda cfg=cfg, chunk=chunk: varlib_variant(
+            var_cfg, tok_cfg, cfg, batch, device, chunk), **common))
+    if args.authors_dir is not None:
+        models = load_authors(Path(args.authors_dir), device)
+        for name, compile in [("authors as released", False), ("authors compile", True)]:
+            results.append(run_variant(name, lambda compile=compile: authors_variant(
+                models, var_cfg, tok_cfg, train_cfg, batch, device, compile), **common))
+    return dict(config=dict(depth=depth, scales=scales, num_tokens=L, vocab_size=V, batch=batch,
+                            flops_per_token=flops_token, peak_flops=PEAK_FLOPS), results=results)
+
+
+def cpu_profile_times(args) -> dict:
+    """Seconds per training step and per evaluation of every depth of a profile, and the projected training time."""
+    prof = get_profile(args.cpu_profile)
+    train_cfg = dataclasses.replace(prof.train, batch_size=args.batch or prof.train.batch_size,
+                                    steps=args.train_steps or prof.train.steps,
+                                    eval_every=args.train_steps or prof.train.eval_every)
+    device = torch.device("cpu")
+    n_test = args.test_sequences or prof.data.limit_test or 10_000
+    rows = []
+    for depth in prof.scaling_depths:
+        var_cfg = dataclasses.replace(prof.var, depth=depth)
+        torch.manual_seed(0)
+        model = build_model(var_cfg).train()
+        vae = VQVAE(prof.tokenizer).eval().requires_grad_(False)
+        train_step = TrainStep(model, vae, train_cfg, device)
+        idx_BL, label_B = random_batch(var_cfg, train_cfg.batch_size, device)
+        rec = time_steps(lambda: train_step(label_B, idx_BL, train_cfg.lr), device, 1, args.steps)  # noqa: B023
+        eval_tokens = dict(idx=torch.randint(var_cfg.vocab_size, (512, var_cfg.num_tokens)),
+                           labels=torch.randint(var_cfg.num_classes, (512,)))
+        t0 = time.perf_counter()
+        evaluate(model, vae, eval_tokens, device)
+        eval_s = (time.perf_counter() - t0) * n_test / 512
+        n_evals = -(-train_cfg.steps // train_cfg.eval_every)
+        total = rec["s_per_step"] * train_cfg.steps + eval_s * n_evals
+        rows.append(dict(depth=depth, params=model.num_params(), s_per_step=rec["s_per_step"], eval_s=eval_s,
+                         steps=train_cfg.steps, batch=train_cfg.batch_size, evals=n_evals, total_s=total))
+        print(f"d{depth}: {model.num_params() / 1e6:.2f}M params, {rec['s_per_step']:.3f} s/step, "
+              f"eval {eval_s:.1f} s x {n_evals}, projected {total / 60:.1f} min", flush=True)
+    print(f"all depths: {sum(r['total_s'] for r in rows) / 60:.1f} min (tokenizer not included)")
+    return dict(profile=args.cpu_profile, threads=torch.get_num_threads(), rows=rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--authors-dir", default=".authors/VAR",
+                        help="the authors' code (FoundationVision/VAR); 'none' to skip their variants")
+    parser.add_argument("--out", help="write the results as JSON here")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--depth", type=int, default=16)
+    parser.add_argument("--batch", type=int, help="default: 96 (GPU), the profile's (--cpu-profile)")
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--quick", action="store_true", help="a tiny model, two timed steps (CPU smoke test)")
+    parser.add_argument("--cpu-profile", help="instead: time the training of every depth of this profile on the CPU")
+    parser.add_argument("--train-steps", type=int, help="--cpu-profile: project this many steps, one evaluation")
+    parser.add_argument("--test-sequences", type=int, help="--cpu-profile: evaluate on this many test sequences")
+    args = parser.parse_args()
+    if args.authors_dir == "none":
+        args.authors_dir = None
+    if args.quick:
+        args.warmup, args.steps = 1, 2
+    if args.device.startswith("cuda"):
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True  # as the authors' trainer
+    out = cpu_profile_times(args) if args.cpu_profile else throughput(args)
+    out["env"] = dict(torch=torch.__version__, python=platform.python_version(), device=args.device,
+                      gpu=torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor())
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
+        print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

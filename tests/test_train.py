@@ -1,0 +1,195 @@
+"""Transformer training on cached tokens: loss goes down (VAR and the AR baseline), resume equals an uninterrupted run,
+evaluation metrics mean what they say, the token cache is hit. Tokens come from a tiny real tokenizer trained for 20
+steps on 256 Fashion-MNIST images."""
+
+import dataclasses
+import logging
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from varlib import train
+from varlib.artifacts import TrainState
+from varlib.config import DataConfig, TokenizerConfig, TokenizerTrainConfig, TrainConfig, VARConfig
+from varlib.data import load_split
+from varlib.tokenizer import split_scales
+from varlib.transformer import build_model, teacher_forcing_input
+
+DATA = DataConfig(limit_train=256, limit_test=128)
+TOK = TokenizerConfig(ch=8, ch_mult=(1, 2, 2), num_res_blocks=1, using_sa=False, using_mid_sa=False, vocab_size=32,
+                      scales=(1, 2, 4, 8))
+TOK_TRAIN = TokenizerTrainConfig(steps=20, batch_size=32, gan_weight=0.0, restart_dead_codes_every=10)
+VAR_CFG = VARConfig(depth=1, vocab_size=TOK.vocab_size, z_channels=TOK.z_channels, scales=TOK.scales)
+TRAIN = TrainConfig(steps=24, batch_size=32, lr_scale=100.0, eval_every=8)
+
+
+@pytest.fixture(scope="module")
+def tokens():
+    vae = train.get_tokenizer(DATA, TOK, TOK_TRAIN, "cpu")
+    return vae, train.get_tokens(DATA, TOK, TOK_TRAIN, "train", "cpu"), train.get_tokens(DATA, TOK, TOK_TRAIN, "test",
+                                                                                           "cpu")
+
+
+def test_token_cache_is_built_once_and_hit(tokens, caplog):
+    vae, tokens_train, _ = tokens
+    assert tokens_train["idx"].shape == (DATA.limit_train, TOK.num_tokens)
+    assert tokens_train["idx"].dtype == torch.int16
+    assert int(tokens_train["idx"].min()) >= 0 and int(tokens_train["idx"].max()) < TOK.vocab_size
+    assert torch.equal(tokens_train["labels"], load_split(DATA, "train").labels)
+    with caplog.at_level(logging.INFO, logger="varlib.artifacts"):
+        again = train.get_tokens(DATA, TOK, TOK_TRAIN, "train", "cpu")
+    assert any("cache hit" in r.message and "/tokens/" in r.message for r in caplog.records)
+    assert torch.equal(again["idx"], tokens_train["idx"])
+    # the cache holds what the frozen tokenizer gives for these images
+    images = load_split(DATA, "train").float_images(slice(0, 16))
+    assert torch.equal(torch.cat(vae.img_to_idxBl(images), 1), tokens_train["idx"][:16].long())
+
+
+def test_var_training_lowers_the_loss(tokens):
+    vae, tokens_train, tokens_test = tokens
+    torch.manual_seed(TRAIN.seed)
+    before = train.evaluate(build_model(VAR_CFG), vae, tokens_test, "cpu")
+    model, history = train.train_model(VAR_CFG, TRAIN, vae, tokens_train, tokens_test, "cpu", progress=False)
+    assert list(history["step"]) == [8, 16, 24]
+    assert history["test_loss_all"].iloc[-1] < before["loss_all"] - 0.3
+    assert history["train_loss"].iloc[-1] < history["train_loss"].iloc[0]
+    assert not model.training
+    assert list(history["tokens_seen"]) == [s * TRAIN.batch_size * TOK.num_tokens for s in history["step"]]
+    assert history["flops_seen"].iloc[-1] == model.flops_per_token() * history["tokens_seen"].iloc[-1]
+    assert (history["wall_time_s"].diff().dropna() > 0).all()
+
+
+def test_ar_baseline_training_lowers_the_loss(tokens):
+    """The raster AR baseline on the last scale's 8x8 token map (one scale: causal mask, codebook-embedding inputs)."""
+    vae, tokens_train, tokens_test = tokens
+    last = TOK.scales[-1] ** 2
+    ar_train, ar_test = ({**t, "idx": t["idx"][:, -last:]} for t in (tokens_train, tokens_test))
+    ar_cfg = dataclasses.replace(VAR_CFG, scales=(TOK.scales[-1],))
+    torch.manual_seed(TRAIN.seed)
+    before = train.evaluate(build_model(ar_cfg), vae, ar_test, "cpu")
+    _, history = train.train_model(ar_cfg, TRAIN, vae, ar_train, ar_test, "cpu", progress=False)
+    assert history["test_loss_all"].iloc[-1] < before["loss_all"] - 0.3
+    assert history["test_loss_last"].iloc[-1] == history["test_loss_all"].iloc[-1]  # one scale: last = all
+
+
+class Interrupted(Exception):
+    pass
+
+
+def test_resume_ends_where_an_uninterrupted_run_ends(tokens, monkeypatch):
+    vae, tokens_train, tokens_test = tokens
+    cfg = dataclasses.replace(TRAIN, steps=6, batch_size=16, eval_every=2)
+    reference, ref_history = train.train_model(VAR_CFG, cfg, vae, tokens_train, tokens_test, "cpu", progress=False)
+
+    state = TrainState("var", {"test": "resume"})
+    real_evaluate, calls = train.evaluate, []
+
+    def evaluate_then_crash(*args, **kwargs):  # the run dies in its second evaluation, after the step-2 snapshot
+        calls.append(1)
+        if len(calls) == 2:
+            raise Interrupted
+        return real_evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(train, "evaluate", evaluate_then_crash)
+    with pytest.raises(Interrupted):
+        train.train_model(VAR_CFG, cfg, vae, tokens_train, tokens_test, "cpu", progress=False, resume=state)
+    monkeypatch.setattr(train, "evaluate", real_evaluate)
+    assert state.load()["step"] == 2
+
+    resumed, history = train.train_model(VAR_CFG, cfg, vae, tokens_train, tokens_test, "cpu", progress=False,
+                                         resume=state)
+    for (name, p_ref), p in zip(reference.state_dict().items(), resumed.state_dict().values(), strict=True):
+        assert torch.equal(p_ref, p), name
+    cols = ["step", "train_loss", "test_loss_all", "test_err_last"]
+    assert history[cols].equals(ref_history[cols])
+
+
+def test_evaluate_measures_the_last_scale_on_its_own_tokens(tokens):
+    vae, _, tokens_test = tokens
+    cfg = dataclasses.replace(VAR_CFG, cond_drop_rate=0.5)  # eval mode must not drop classes
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    out = train.evaluate(model, vae, tokens_test, "cpu", batch_size=50)
+    assert out == train.evaluate(model, vae, tokens_test, "cpu", batch_size=128)
+    assert all(0 <= e <= 1 for e in [out["err_all"], out["err_last"], *out["err_per_scale"]])
+    assert len(out["loss_per_scale"]) == len(TOK.scales) and out["loss_last"] == out["loss_per_scale"][-1]
+
+    idx_BL = tokens_test["idx"].long()
+    with torch.no_grad():
+        logits_BLV = model.eval()(tokens_test["labels"], teacher_forcing_input(vae, split_scales(idx_BL, TOK.scales)))
+    last = TOK.scales[-1] ** 2
+    V = TOK.vocab_size
+    ce_last = F.cross_entropy(logits_BLV[:, -last:].reshape(-1, V), idx_BL[:, -last:].reshape(-1))
+    err_last = (logits_BLV[:, -last:].argmax(-1) != idx_BL[:, -last:]).float().mean()
+    assert out["loss_last"] == pytest.approx(float(ce_last), rel=1e-5)
+    assert out["err_last"] == pytest.approx(float(err_last), abs=1e-6)
+    ce_all = F.cross_entropy(logits_BLV.reshape(-1, V), idx_BL.reshape(-1))
+    assert out["loss_all"] == pytest.approx(float(ce_all), rel=1e-5)
+
+
+@pytest.mark.skipif(not hasattr(build_model(VAR_CFG), "features"),
+                    reason="the chunked path needs the transformer's forward split as features() + logits()")
+def test_chunked_head_and_cross_entropy_match_the_plain_path(tokens):
+    vae, tokens_train, _ = tokens
+    torch.manual_seed(0)
+    model = build_model(dataclasses.replace(VAR_CFG, cond_drop_rate=0.0)).eval()
+    idx_BL, label_B = tokens_train["idx"][:8].long(), tokens_train["labels"][:8]
+    x_BLCv = teacher_forcing_input(vae, split_scales(idx_BL, TOK.scales))
+    results = []
+    for chunk in (0, 16):
+        model.zero_grad()
+        ce_BL, pred_BL = train.TokenLoss(model, label_smoothing=0.1, chunk=chunk)(label_B, x_BLCv, idx_BL)
+        ce_BL.mean().backward()
+        results.append((ce_BL.detach(), pred_BL, [p.grad.clone() for p in model.parameters()]))
+    (ce_a, pred_a, grads_a), (ce_b, pred_b, grads_b) = results
+    torch.testing.assert_close(ce_a, ce_b)
+    assert torch.equal(pred_a, pred_b)
+    for g_a, g_b in zip(grads_a, grads_b, strict=True):
+        torch.testing.assert_close(g_a, g_b)
+
+
+def test_lr_schedule_is_the_authors_lin0_shape():
+    steps, warm, final = 1000, 0.02, 0.01
+    lrs = [train.lr_factor(s, steps, warm, final) for s in range(steps)]
+    assert lrs[0] == pytest.approx(0.005)
+    assert all(a < b for a, b in zip(lrs[:20], lrs[1:21], strict=True))  # warm-up rises to the peak
+    assert max(lrs) == 1.0 and lrs[20] == 1.0 and lrs[60] == 1.0  # ... stays there for 5% of the rest
+    assert all(a >= b for a, b in zip(lrs[20:], lrs[21:], strict=False))
+    assert lrs[-1] == pytest.approx(final)
+
+
+def test_weight_decay_only_on_matrices():
+    model = build_model(VARConfig(depth=2, vocab_size=32, scales=(1, 2, 4)))
+    decay, no_decay = train.param_groups(model, 0.05)
+    names = {id(p): n for n, p in model.named_parameters()}
+    decayed = {names[id(p)] for p in decay["params"]}
+    assert no_decay["weight_decay"] == 0.0 and decay["weight_decay"] == 0.05
+    for n in ["pos_start", "pos_1LC", "lvl_embed.weight", "blocks.0.attn.scale_mul_1H11", "blocks.0.attn.q_bias",
+              "head.bias", "blocks.1.ffn.fc1.bias"]:
+        assert n not in decayed, n
+    for n in ["class_emb.weight", "word_embed.weight", "blocks.0.attn.mat_qkv.weight", "blocks.0.ffn.fc2.weight",
+              "blocks.0.ada_lin.1.weight", "head.weight"]:
+        assert n in decayed, n
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+
+
+def test_per_scale_weighting_gives_every_scale_the_same_total_weight():
+    scales = (1, 2, 4)
+    uniform, per_scale = (train.loss_weights(scales, m, "cpu") for m in ("uniform", "per_scale"))
+    assert uniform.sum() == pytest.approx(1.0) and per_scale.sum() == pytest.approx(1.0)
+    assert torch.allclose(uniform, torch.full((21,), 1 / 21))
+    assert [float(w.sum()) for w in per_scale.split([1, 4, 16])] == pytest.approx([1 / 3] * 3)
+    with pytest.raises(ValueError, match="scale_weighting"):
+        train.loss_weights(scales, "linear", "cpu")
+
+
+def test_get_model_is_cached(tokens, caplog):
+    cfg = dataclasses.replace(TRAIN, steps=4, eval_every=4)
+    model, history = train.get_model(VAR_CFG, cfg, DATA, TOK, TOK_TRAIN, "cpu", progress=False)
+    with caplog.at_level(logging.INFO, logger="varlib.artifacts"):
+        again, history_again = train.get_model(VAR_CFG, cfg, DATA, TOK, TOK_TRAIN, "cpu", progress=False)
+    assert any("cache hit" in r.message and "/var/" in r.message for r in caplog.records)
+    assert history.equals(history_again)
+    for p, q in zip(model.parameters(), again.parameters(), strict=True):
+        assert torch.equal(p, q)

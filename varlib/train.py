@@ -1,0 +1,389 @@
+"""Training the transformers, VAR (next-scale prediction) and the raster-scan AR baseline, on cached tokens.
+
+The frozen tokenizer encodes every image once (`get_tokens`); training then draws batches of token indices already on
+the device and builds the teacher-forcing input per batch from the codebook, without the encoder. The authors
+re-encode every image at every step, which is why their small models trained no faster than their large ones
+(their issue #154).
+
+The recipe is the authors' (REFERENCE.md 4.5-4.6): AdamW (0.9, 0.95) with weight decay on matrices only, the 'lin0'
+learning-rate shape, gradient clipping, bf16 autocast, and the loss averaged over all L tokens of every scale.
+
+One process or several: `train_model` is the loop; under `torchrun` it wraps the model in DistributedDataParallel
+and each rank trains on a disjoint share of every global batch (`torchrun --nproc_per_node=2 -m varlib.train`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import logging
+import os
+import time
+
+import pandas as pd
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.checkpoint import checkpoint
+from tqdm.auto import tqdm
+
+from .artifacts import TrainState, get_or_build
+from .config import DataConfig, TokenizerConfig, TokenizerTrainConfig, TrainConfig, VARConfig, get_profile
+from .data import ImageDataset, load_split, to_float
+from .report import resolve_device
+from .tokenizer import cat_scales, split_scales
+from .tokenizer_train import batch_indices, get_tokenizer, tokenizer_key
+from .transformer import build_model, teacher_forcing_input
+
+log = logging.getLogger(__name__)
+
+WARMUP_START = 0.005  # 'lin0': the warm-up starts at 0.5% of the peak rate...
+PLATEAU = 0.05  # ...and the rate stays at the peak for 5% of the post-warm-up steps before decaying linearly
+# Weight decay is for matrices: none on vectors, biases, learned positions, level embeddings or the attention
+# temperature (the authors' no-WD list, REFERENCE.md 4.6; `lvl_embed` is an Embedding, hence matched by name).
+NO_DECAY_NAMES = ("pos_start", "pos_1LC", "lvl_embed", "scale_mul", "ada_gss", "start_token", "pos_embed")
+
+
+# ----------------------------------------------------------------------------------------------- token cache
+
+def token_dtype(vocab_size: int) -> torch.dtype:
+    return torch.int16 if vocab_size <= 2**15 else torch.int32
+
+
+@torch.no_grad()
+def encode_split(vae: nn.Module, dataset: ImageDataset, device: torch.device | str, batch_size: int = 256) -> dict:
+    """Token indices of every image, all scales concatenated: dict(idx=(N, L) int16/int32, labels=(N,) int64)."""
+    dtype = token_dtype(vae.vocab_size)
+    chunks = []
+    for i in tqdm(range(0, len(dataset), batch_size), desc=f"encoding {dataset.name}", leave=False):
+        x_BCHW = to_float(dataset.images_u8[i:i + batch_size].to(device))
+        chunks.append(cat_scales(vae.img_to_idxBl(x_BCHW)).to("cpu", dtype))
+    return dict(idx=torch.cat(chunks), labels=dataset.labels.clone())
+
+
+def get_tokens(data_cfg: DataConfig, tok_cfg: TokenizerConfig, tok_train_cfg: TokenizerTrainConfig, split: str,
+               device: torch.device | str) -> dict:
+    """The cached tokens of one split, encoded once by the frozen tokenizer (trained or loaded on first use)."""
+    spec = dict(tokenizer=tokenizer_key(data_cfg, tok_cfg, tok_train_cfg), data=data_cfg, split=split)
+
+    def build() -> dict:
+        vae = get_tokenizer(data_cfg, tok_cfg, tok_train_cfg, device)
+        return encode_split(vae, load_split(data_cfg, split), device)
+
+    return get_or_build("tokens", spec, build)
+
+
+# ----------------------------------------------------------------------------------------------- optimisation
+
+def lr_factor(step: int, steps: int, warmup_frac: float, final_lr_frac: float) -> float:
+    """Multiplier of the peak rate at `step` (0-based): the authors' 'lin0' shape."""
+    warmup = round(warmup_frac * steps)
+    if step < warmup:
+        return WARMUP_START + (1 - WARMUP_START) * step / warmup
+    done = (step - warmup) / max(1, steps - 1 - warmup)
+    if done < PLATEAU:
+        return 1.0
+    return final_lr_frac + (1 - final_lr_frac) * (1 - done) / (1 - PLATEAU)
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        skip = p.ndim <= 1 or name.endswith("bias") or any(k in name for k in NO_DECAY_NAMES)
+        (no_decay if skip else decay).append(p)
+    return [dict(params=decay, weight_decay=weight_decay), dict(params=no_decay, weight_decay=0.0)]
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+    return torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas,
+                             fused=device.type == "cuda")
+
+
+def loss_weights(scales: tuple[int, ...], mode: str, device: torch.device | str) -> torch.Tensor:
+    """Per-token weights w_L summing to 1: "uniform" = mean over all L tokens (the authors' loss, where the last scale
+    carries pn_K^2 / L of the weight); "per_scale" = every scale weighs 1/K, shared by its tokens."""
+    sizes = torch.tensor([pn * pn for pn in scales], dtype=torch.float32)
+    if mode == "uniform":
+        per_token = torch.full((len(scales),), 1.0 / float(sizes.sum()))
+    elif mode == "per_scale":
+        per_token = 1.0 / (len(scales) * sizes)
+    else:
+        raise ValueError(f"TrainConfig.scale_weighting must be 'uniform' or 'per_scale', got {mode!r}")
+    return per_token.repeat_interleave(sizes.long()).to(device)
+
+
+def autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA (no loss scaling needed); full float32 elsewhere."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+class TokenLoss(nn.Module):
+    """Per-token cross-entropy and argmax predictions of a transformer, one module so that DDP and torch.compile
+    see the whole step.
+
+    `chunk` > 0 runs the output head and the cross-entropy on `chunk` positions at a time under activation
+    checkpointing, so the float32 B x L x V logits never exist at once (the head is recomputed in the backward pass:
+    about 1% more FLOPs at d16). It needs the model's forward split as `features` (blocks) and `logits` (head).
+    `chunk` = 0 is the plain reference path: model(label_B, x) -> logits_BLV.
+    """
+
+    def __init__(self, model: nn.Module, label_smoothing: float = 0.0, chunk: int = 0):
+        super().__init__()
+        self.model, self.label_smoothing, self.chunk = model, label_smoothing, chunk
+
+    def forward(self, label_B: torch.Tensor, x_BLCv_wo_first_l: torch.Tensor, target_BL: torch.Tensor):
+        if self.chunk <= 0:
+            return self._head_ce(self.model(label_B, x_BLCv_wo_first_l), target_BL)
+        h_BLC, cond_BD = self.model.features(label_B, x_BLCv_wo_first_l)
+        ce_parts, pred_parts = [], []
+        for start in range(0, h_BLC.shape[1], self.chunk):
+            end = start + self.chunk
+            ce_Bl, pred_Bl = checkpoint(self._chunk_head_ce, h_BLC[:, start:end], cond_BD, target_BL[:, start:end],
+                                        use_reentrant=False)
+            ce_parts.append(ce_Bl)
+            pred_parts.append(pred_Bl)
+        return torch.cat(ce_parts, 1), torch.cat(pred_parts, 1)
+
+    def _chunk_head_ce(self, h_BlC: torch.Tensor, cond_BD: torch.Tensor, target_Bl: torch.Tensor):
+        return self._head_ce(self.model.logits(h_BlC, cond_BD), target_Bl)
+
+    def _head_ce(self, logits_BlV: torch.Tensor, target_Bl: torch.Tensor):
+        B, l, V = logits_BlV.shape
+        ce_Bl = F.cross_entropy(logits_BlV.float().reshape(-1, V), target_Bl.reshape(-1),
+                                label_smoothing=self.label_smoothing, reduction="none").view(B, l)
+        return ce_Bl, logits_BlV.detach().argmax(-1)
+
+
+# ----------------------------------------------------------------------------------------------- evaluation
+
+def _batch_inputs(vae: nn.Module, idx_BL: torch.Tensor, scales: tuple[int, ...]):
+    """Targets (B, L) int64 and the teacher-forcing input (B, L-1, Cvae) of one batch of cached tokens."""
+    target_BL = idx_BL.long()
+    with torch.no_grad():
+        x_BLCv_wo_first_l = teacher_forcing_input(vae, split_scales(target_BL, scales))
+    return target_BL, x_BLCv_wo_first_l
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, vae: nn.Module, tokens: dict, device: torch.device | str,
+             batch_size: int = 256) -> dict:
+    """Cross-entropy and token error rate on `tokens`, on the last scale and over all scales (the paper's
+    scaling-law quantities, Sec. 5), plus per-scale lists. Class dropout off (eval mode). Under torchrun the
+    sequences are shared out between ranks and the sums all-reduced."""
+    device = torch.device(device)
+    scales = model.cfg.scales
+    sizes = [pn * pn for pn in scales]
+    scale_L = torch.arange(len(scales)).repeat_interleave(torch.tensor(sizes)).to(device)
+    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    idx_NL = tokens["idx"][rank::world].to(device)
+    labels_N = tokens["labels"][rank::world].to(device)
+    loss_fn = TokenLoss(model)
+    ce_K, wrong_K = (torch.zeros(len(scales), device=device, dtype=torch.float64) for _ in range(2))
+    training = model.training
+    model.eval()
+    for i in range(0, len(labels_N), batch_size):
+        target_BL, x_BLCv = _batch_inputs(vae, idx_NL[i:i + batch_size], scales)
+        with autocast(device):
+            ce_BL, pred_BL = loss_fn(labels_N[i:i + batch_size], x_BLCv, target_BL)
+        ce_K.index_add_(0, scale_L, ce_BL.double().sum(0))
+        wrong_K.index_add_(0, scale_L, (pred_BL != target_BL).double().sum(0))
+    model.train(training)
+    count_K = len(labels_N) * torch.tensor(sizes, device=device, dtype=torch.float64)
+    sums_3K = torch.stack([ce_K, wrong_K, count_K])
+    if world > 1:
+        dist.all_reduce(sums_3K)
+    ce_K, wrong_K, count_K = sums_3K.cpu()
+    if count_K.sum() == 0:
+        raise ValueError("evaluate: no token sequences to evaluate (empty token split)")
+    return dict(
+        loss_all=float(ce_K.sum() / count_K.sum()), loss_last=float(ce_K[-1] / count_K[-1]),
+        err_all=float(wrong_K.sum() / count_K.sum()), err_last=float(wrong_K[-1] / count_K[-1]),
+        loss_per_scale=(ce_K / count_K).tolist(), err_per_scale=(wrong_K / count_K).tolist(),
+    )
+
+
+# ----------------------------------------------------------------------------------------------- training
+
+class TrainStep:
+    """One optimisation step on a batch of cached tokens: teacher-forcing input (no grad), forward and loss under
+    autocast, backward, gradient clipping, AdamW. Returns the loss and the token error rate as device tensors (no
+    host sync). `chunk` > 0 selects the chunked head + cross-entropy (`TokenLoss`); benchmarks/bench_train.py
+    measures whether it pays."""
+
+    def __init__(self, model: nn.Module, vae: nn.Module, cfg: TrainConfig, device: torch.device, chunk: int = 0,
+                 world: int = 1):
+        self.model, self.vae, self.cfg, self.device = model, vae, cfg, device
+        self.scales = model.cfg.scales
+        self.opt = make_optimizer(model, cfg, device)
+        self.weight_L = loss_weights(self.scales, cfg.scale_weighting, device)
+        net = TokenLoss(model, cfg.label_smoothing, chunk)
+        if cfg.compile:
+            net = torch.compile(net)
+        if world > 1:
+            net = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
+        self.net = net
+
+    def __call__(self, label_B: torch.Tensor, idx_BL: torch.Tensor, lr: float) -> tuple[torch.Tensor, torch.Tensor]:
+        target_BL, x_BLCv_wo_first_l = _batch_inputs(self.vae, idx_BL, self.scales)
+        for group in self.opt.param_groups:
+            group["lr"] = lr
+        with autocast(self.device):
+            ce_BL, pred_BL = self.net(label_B, x_BLCv_wo_first_l, target_BL)
+        loss = (ce_BL * self.weight_L).sum(-1).mean()
+        loss.backward()
+        if self.cfg.grad_clip > 0:
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        return loss.detach(), (pred_BL != target_BL).float().mean()
+
+
+def setup_distributed(device: torch.device) -> tuple[int, int, torch.device]:
+    """(rank, world size, this rank's device). Under torchrun (WORLD_SIZE > 1) joins the process group: NCCL on
+    CUDA, gloo on CPU; each rank takes the GPU of its LOCAL_RANK."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1, device
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return dist.get_rank(), world, device
+
+
+def _step_seed(seed: int, step: int, rank: int) -> int:
+    """Dropout, drop-path and class dropout are reseeded every step, so a resumed run repeats them exactly and the
+    ranks draw different masks. (Hashes of int tuples do not depend on PYTHONHASHSEED.)"""
+    return hash((seed, step, rank)) % 2**63
+
+
+def train_model(var_cfg: VARConfig, train_cfg: TrainConfig, vae: nn.Module, tokens_train: dict, tokens_test: dict,
+                device: torch.device | str, progress: bool = True,
+                resume: TrainState | None = None) -> tuple[nn.Module, pd.DataFrame]:
+    """Train a transformer on cached tokens; returns the model (eval mode) and one history row per evaluation.
+
+    `resume`: snapshots are written there after every evaluation and picked up on the next call, which ends with
+    the same parameters as an uninterrupted run. Under torchrun the model runs under DDP; rank 0 logs and saves.
+    """
+    rank, world, device = setup_distributed(torch.device(device))
+    L, steps = var_cfg.num_tokens, train_cfg.steps
+    if tokens_train["idx"].shape[1] != L:
+        raise ValueError(f"tokens have {tokens_train['idx'].shape[1]} positions but VARConfig.scales={var_cfg.scales} "
+                         f"needs {L}: encode them with a tokenizer whose scales match the transformer's")
+    if train_cfg.batch_size % world:
+        raise ValueError(f"TrainConfig.batch_size={train_cfg.batch_size} must be divisible by the {world} processes")
+    local_batch, n_train = train_cfg.batch_size // world, len(tokens_train["labels"])
+    torch.manual_seed(train_cfg.seed)
+    model = build_model(var_cfg).to(device)
+    vae = vae.to(device).eval()
+    train_step = TrainStep(model, vae, train_cfg, device, world=world)
+    idx_NL, labels_N = tokens_train["idx"].to(device), tokens_train["labels"].to(device)
+
+    start, rows, wall_before = 0, [], 0.0
+    snapshot = resume.load() if resume is not None else None
+    if snapshot is not None:
+        model.load_state_dict(snapshot["model"])
+        train_step.opt.load_state_dict(snapshot["optimizer"])
+        start, rows, wall_before = snapshot["step"], snapshot["history"], snapshot["wall_time_s"]
+
+    model.train()
+    loss_sum, err_sum, n_sum = (torch.zeros((), device=device) for _ in range(3))
+    t0 = time.perf_counter()
+    bar = tqdm(range(start, steps), initial=start, total=steps, disable=not progress or rank != 0,
+               desc=f"train d{var_cfg.depth} ({len(var_cfg.scales)} scales)")
+    for step in bar:
+        torch.manual_seed(_step_seed(train_cfg.seed, step, rank))
+        # every rank draws the same global batch (seeded by step) and trains on its own slice of it
+        batch = batch_indices(step, train_cfg.batch_size, n_train, train_cfg.seed)
+        batch = batch[rank * local_batch:(rank + 1) * local_batch].to(device)
+        lr = train_cfg.lr * lr_factor(step, steps, train_cfg.warmup_frac, train_cfg.final_lr_frac)
+        loss, err = train_step(labels_N[batch], idx_NL[batch], lr)
+        loss_sum += loss
+        err_sum += err
+        n_sum += 1
+        done = step + 1
+        if progress and rank == 0 and (done % 10 == 0 or done == steps):
+            bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{1 - err.item():.3f}")
+        if done % train_cfg.eval_every == 0 or done == steps:
+            train_stats = torch.stack([loss_sum, err_sum]) / n_sum
+            if world > 1:
+                dist.all_reduce(train_stats, op=dist.ReduceOp.AVG)
+            test = evaluate(model, vae, tokens_test, device)
+            wall = wall_before + time.perf_counter() - t0
+            tokens_seen = done * train_cfg.batch_size * L
+            rows.append(dict(step=done, lr=lr, train_loss=float(train_stats[0]), train_err=float(train_stats[1]),
+                             test_loss_all=test["loss_all"], test_loss_last=test["loss_last"],
+                             test_err_all=test["err_all"], test_err_last=test["err_last"],
+                             test_loss_per_scale=test["loss_per_scale"], test_err_per_scale=test["err_per_scale"],
+                             wall_time_s=wall, tokens_seen=tokens_seen,
+                             flops_seen=float(model.flops_per_token()) * tokens_seen))
+            for acc in (loss_sum, err_sum, n_sum):
+                acc.zero_()
+            if rank == 0:
+                log.info("d%d step %d/%d: train loss %.4f, test loss %.4f (last scale %.4f), test err %.4f",
+                         var_cfg.depth, done, steps, rows[-1]["train_loss"], test["loss_all"], test["loss_last"],
+                         test["err_all"])
+                if resume is not None:
+                    resume.save(dict(step=done, model=model.state_dict(), optimizer=train_step.opt.state_dict(),
+                                     history=rows, wall_time_s=wall))
+    bar.close()
+    return model.eval(), pd.DataFrame(rows)
+
+
+def get_model(var_cfg: VARConfig, train_cfg: TrainConfig, data_cfg: DataConfig, tok_cfg: TokenizerConfig,
+              tok_train_cfg: TokenizerTrainConfig, device: torch.device | str,
+              progress: bool = True) -> tuple[nn.Module, pd.DataFrame]:
+    """The trained transformer for these configs and its history, trained on first use and cached (kind "var").
+    An interrupted training run resumes from its last evaluation. For the AR baseline (one scale) pass a tokenizer
+    config with scales=(h,)."""
+    spec = dict(var=var_cfg, train=train_cfg, data=data_cfg, tokenizer=tokenizer_key(data_cfg, tok_cfg, tok_train_cfg))
+    resume = TrainState("var", spec)
+
+    def build() -> dict:
+        vae = get_tokenizer(data_cfg, tok_cfg, tok_train_cfg, device)
+        tokens_train, tokens_test = (get_tokens(data_cfg, tok_cfg, tok_train_cfg, s, device) for s in ("train", "test"))
+        model, history = train_model(var_cfg, train_cfg, vae, tokens_train, tokens_test, device, progress, resume)
+        return dict(model=model.state_dict(), history=history.to_dict("records"))
+
+    payload = get_or_build("var", spec, build)
+    resume.clear()
+    model = build_model(var_cfg)
+    model.load_state_dict(payload["model"])
+    return model.to(device).eval(), pd.DataFrame(payload["history"])
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m varlib.train --profile smoke --depth 2`, also under `torchrun --nproc_per_node=N -m varlib.train`."""
+    parser = argparse.ArgumentParser(description="Train (or load from the cache) one VAR transformer.")
+    parser.add_argument("--profile", default="smoke", help="smoke | quick | full")
+    parser.add_argument("--depth", type=int, help="transformer depth (default: the profile's)")
+    parser.add_argument("--dataset", default="fashion-mnist", help="fashion-mnist, or a folder of class folders")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    prof = get_profile(args.profile, dataset=args.dataset)
+    var_cfg = dataclasses.replace(prof.var, depth=args.depth or prof.var.depth)
+    rank, world, device = setup_distributed(resolve_device(args.device))
+    if rank == 0:  # one process trains the tokenizer and encodes the data; the others then read the cache
+        for split in ("train", "test"):
+            get_tokens(prof.data, prof.tokenizer, prof.tokenizer_train, split, device)
+    if world > 1:
+        dist.barrier()
+    model, history = get_model(var_cfg, prof.train, prof.data, prof.tokenizer, prof.tokenizer_train, device)
+    if rank == 0:
+        log.info("final evaluation:\n%s", history.drop(columns=["test_loss_per_scale", "test_err_per_scale"])
+                 .tail(1).to_string(index=False))
+    if world > 1:
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
