@@ -179,8 +179,8 @@ def _smoke() -> Profile:
         var=VARConfig(depth=1, vocab_size=tok.vocab_size, scales=tok.scales),
         train=TrainConfig(steps=30, batch_size=32, lr_scale=20.0, eval_every=15),
         sample=SampleConfig(cfg=1.5, top_k=0, top_p=1.0),
-        scaling_depths=(1, 2),
-        n_eval=64,
+        scaling_depths=(1, 2, 3),
+        n_eval=200,  # FID needs more samples than the classifier's 128 feature dimensions
         classifier_epochs=1,
     )
 

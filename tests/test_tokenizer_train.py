@@ -1,0 +1,102 @@
+"""Tokenizer training on real Fashion-MNIST images (smoke-sized): the loss falls, Alg. 1's residual shrinks scale by
+scale, resume equals an uninterrupted run, the cache returns a frozen model, LPIPS stays off without its weights."""
+
+import dataclasses
+import logging
+
+import pytest
+import torch
+
+from varlib import artifacts
+from varlib.config import DataConfig, TokenizerConfig, TokenizerTrainConfig, get_profile
+from varlib.data import load_split
+from varlib.tokenizer_train import (
+    coarse_to_fine,
+    evaluate_tokenizer,
+    get_tokenizer,
+    load_lpips,
+    tokenizer_key,
+    train_tokenizer,
+)
+
+SMOKE = get_profile("smoke")
+TINY_DATA = DataConfig(limit_train=64, limit_test=32)
+TINY_TOK = TokenizerConfig(ch=16, ch_mult=(1, 2, 2), num_res_blocks=1, using_sa=False, using_mid_sa=False,
+                           vocab_size=32, scales=(1, 2, 4, 8))
+TINY_TRAIN = TokenizerTrainConfig(steps=8, batch_size=8, gan_weight=0.5, gan_start=0.25, restart_dead_codes_every=3,
+                                  lpips_weight=0.0)
+
+
+@pytest.fixture(scope="module")
+def smoke_tokenizer():
+    """The smoke profile's tokenizer, trained once (cached in the session's VARLIB_CACHE)."""
+    return get_tokenizer(SMOKE.data, SMOKE.tokenizer, SMOKE.tokenizer_train, "cpu")
+
+
+def test_smoke_training_lowers_the_loss():
+    _, history = train_tokenizer(SMOKE.data, SMOKE.tokenizer, dataclasses.replace(SMOKE.tokenizer_train, seed=1),
+                                 "cpu", progress=False)
+    assert len(history) == SMOKE.tokenizer_train.steps
+    assert history["rec"].tail(5).mean() < 0.5 * history["rec"].head(5).mean()
+    assert history["restarted"].sum() > 0  # the untrained codebook had dead codes and they were restarted
+
+
+@torch.no_grad()
+def test_residual_shrinks_scale_by_scale(smoke_tokenizer):
+    x = load_split(SMOKE.data, "test").float_images(slice(0, 64))
+    f = smoke_tokenizer.img_to_f(x)
+    f_hats = smoke_tokenizer.quantize.residual_quantize(f).f_hats
+    residual_K = torch.stack([(f - f_hat).square().mean() for f_hat in f_hats])
+    assert (residual_K[1:] < residual_K[:-1]).all(), residual_K
+    assert residual_K[-1] < 0.5 * residual_K[0]
+
+
+def test_cached_tokenizer_is_frozen_and_reused(smoke_tokenizer):
+    assert not smoke_tokenizer.training
+    assert not any(p.requires_grad for p in smoke_tokenizer.parameters())
+    spec = {"data": SMOKE.data, "tokenizer": SMOKE.tokenizer, "train": SMOKE.tokenizer_train}
+    path = artifacts.artifact_path("tokenizer", spec)
+    assert path.is_file() and path.stem == tokenizer_key(SMOKE.data, SMOKE.tokenizer, SMOKE.tokenizer_train)
+    payload = artifacts.load_file(path)["payload"]
+    assert set(payload) >= {"state_dict", "configs", "history", "usage"} and 0 < payload["usage"] <= 1
+    again = get_tokenizer(SMOKE.data, SMOKE.tokenizer, SMOKE.tokenizer_train, "cpu")
+    assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), smoke_tokenizer.state_dict().values(),
+                                                 strict=True))
+
+
+def test_evaluation_improves_with_more_scales(smoke_tokenizer):
+    test = load_split(SMOKE.data, "test")
+    table = evaluate_tokenizer(smoke_tokenizer, test, "cpu", n=64)
+    K = len(SMOKE.tokenizer.scales)
+    assert list(table["scales_used"]) == list(range(1, K + 1))
+    assert table["psnr"].iloc[-1] > table["psnr"].iloc[0] + 1  # finer scales add detail
+    assert table["ssim"].iloc[-1] > table["ssim"].iloc[0]
+    assert table["usage_cumulative"].is_monotonic_increasing
+    assert ((table["usage_scale"] > 0) & (table["usage_scale"] <= table["usage_cumulative"])).all()
+    grid = coarse_to_fine(smoke_tokenizer, test.float_images(slice(0, 4)))
+    assert grid.shape == (K + 1, 4, 1, 32, 32) and grid.abs().max() <= 1
+    assert torch.equal(grid[0], test.float_images(slice(0, 4)))
+
+
+def test_resume_equals_uninterrupted_run(fresh_cache):
+    _, partial = train_tokenizer(TINY_DATA, TINY_TOK, TINY_TRAIN, "cpu", progress=False, snapshot_every=2, stop_at=5)
+    assert len(partial) == 5 and artifacts.TrainState("tokenizer", {
+        "data": TINY_DATA, "tokenizer": TINY_TOK, "train": TINY_TRAIN}).path.is_file()
+    resumed, resumed_history = train_tokenizer(TINY_DATA, TINY_TOK, TINY_TRAIN, "cpu", progress=False)
+    straight, straight_history = train_tokenizer(TINY_DATA, TINY_TOK, TINY_TRAIN, "cpu", progress=False)
+    assert len(straight_history) == TINY_TRAIN.steps and "gan_d" in straight_history  # GAN and restarts were on
+    assert resumed_history.equals(straight_history)
+    for (name, a), b in zip(resumed.state_dict().items(), straight.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+
+
+def test_lpips_is_off_without_local_backbone_weights(tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # an empty torch hub cache
+    with caplog.at_level(logging.WARNING, logger="varlib.tokenizer_train"):
+        assert load_lpips(torch.device("cpu")) is None
+    assert len(caplog.records) == 1 and "LPIPS loss off" in caplog.text and "alexnet" in caplog.text
+
+
+def test_mismatched_data_and_tokenizer_is_a_clear_error():
+    with pytest.raises(ValueError, match="does not fit the tokenizer"):
+        train_tokenizer(dataclasses.replace(TINY_DATA, channels=3), TINY_TOK, TINY_TRAIN, "cpu", progress=False)

@@ -1,0 +1,293 @@
+"""Training and evaluation of the multi-scale VQVAE tokenizer.
+
+The authors released no tokenizer training code (their issues #5, #22, #28, #105 ask for it); this is a documented
+recipe in the VQGAN family: loss = L2 reconstruction + the multi-scale VQ loss (`MultiScaleQuantizer.forward`)
++ lpips_weight * LPIPS (only with locally present backbone weights) + gan_weight * hinge GAN with a small PatchGAN
+discriminator switched on after gan_start * steps. Codes unused over a window of steps are restarted from recent
+quantizer inputs, against the codebook collapse at the coarse scales that users report (Infinity#80, VAR#54).
+
+`get_tokenizer` is the cached entry point: a trained tokenizer is stored under `tokenizer_key(...)` and reused.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from . import artifacts
+from .config import DataConfig, TokenizerConfig, TokenizerTrainConfig
+from .data import ImageDataset, load_split, to_uint8
+from .metrics import Classifier, lpips_distance, psnr, rfid, ssim
+from .tokenizer import VQVAE, cat_scales, frozen, split_scales
+
+log = logging.getLogger(__name__)
+
+KIND = "tokenizer"
+USAGE_IMAGES = 1000  # held-out images whose tokens measure the stored codebook usage
+LPIPS_BACKBONE = "alexnet-owt-7be5be79.pth"  # torchvision's AlexNet weights, which lpips.LPIPS(net="alex") loads
+
+
+def tokenizer_spec(data_cfg: DataConfig, tok_cfg: TokenizerConfig, train_cfg: TokenizerTrainConfig) -> dict:
+    return {"data": data_cfg, "tokenizer": tok_cfg, "train": train_cfg}
+
+
+def tokenizer_key(data_cfg: DataConfig, tok_cfg: TokenizerConfig, train_cfg: TokenizerTrainConfig) -> str:
+    """The artifact key of this tokenizer; downstream caches include it in their own specs."""
+    return artifacts.key_of(KIND, tokenizer_spec(data_cfg, tok_cfg, train_cfg))
+
+
+def seeded_generator(*parts: int) -> torch.Generator:
+    """A CPU generator determined by `parts` alone (seed, step, purpose), so that a resumed run draws what an
+    uninterrupted one draws without carrying generator state."""
+    return torch.Generator().manual_seed(int(np.random.SeedSequence(list(parts)).generate_state(1)[0]))
+
+
+def batch_indices(step: int, batch_size: int, n: int, seed: int) -> torch.Tensor:
+    """The image indices of `step`: consecutive slices of one seeded permutation per epoch (wrapping over epochs)."""
+    first = step * batch_size
+    out = []
+    while len(out) < batch_size:
+        epoch, offset = divmod(first + len(out), n)
+        perm = torch.randperm(n, generator=seeded_generator(seed, 0, epoch))
+        out += perm[offset:offset + batch_size - len(out)].tolist()
+    return torch.tensor(out)
+
+
+# ----------------------------------------------------------------------------------------------- auxiliary losses
+
+def load_lpips(device: torch.device) -> nn.Module | None:
+    """LPIPS (AlexNet) when torchvision's backbone weights are already in the torch hub cache; otherwise None and a
+    warning. Never a random backbone: LPIPS with random features is not a perceptual distance."""
+    path = Path(torch.hub.get_dir()) / "checkpoints" / LPIPS_BACKBONE
+    if not path.is_file():
+        log.warning("LPIPS loss off: the AlexNet backbone weights are not at %s (lpips would download them). "
+                    "Copy %s there to train with the perceptual loss.", path, LPIPS_BACKBONE)
+        return None
+    import lpips
+
+    return lpips.LPIPS(net="alex", verbose=False).to(device).eval().requires_grad_(False)
+
+
+class PatchDiscriminator(nn.Module):
+    """A small PatchGAN (Isola et al. 2017): strided 4x4 convs with LeakyReLU, one real/fake logit per patch."""
+
+    def __init__(self, in_channels: int, ch: int = 64, n_layers: int = 2):
+        super().__init__()
+        layers: list[nn.Module] = [nn.Conv2d(in_channels, ch, 4, 2, 1), nn.LeakyReLU(0.2)]
+        for _ in range(n_layers - 1):
+            layers += [nn.Conv2d(ch, 2 * ch, 4, 2, 1), nn.GroupNorm(32, 2 * ch), nn.LeakyReLU(0.2)]
+            ch *= 2
+        layers.append(nn.Conv2d(ch, 1, 3, 1, 1))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x_BCHW: torch.Tensor) -> torch.Tensor:
+        return self.net(x_BCHW)
+
+
+def hinge_d_loss(logits_real: torch.Tensor, logits_fake: torch.Tensor) -> torch.Tensor:
+    return F.relu(1 - logits_real).mean() + F.relu(1 + logits_fake).mean()
+
+
+# ----------------------------------------------------------------------------------------------- training
+
+def train_tokenizer(data_cfg: DataConfig, tok_cfg: TokenizerConfig, train_cfg: TokenizerTrainConfig,
+                    device: torch.device | str, progress: bool = True, *, snapshot_every: int = 250,
+                    stop_at: int | None = None) -> tuple[VQVAE, pd.DataFrame]:
+    """Train a tokenizer from scratch, or resume an interrupted run of the same configuration.
+
+    Returns the model (train mode) and a per-step history (step, loss, rec, vq, lpips, gan_g, gan_d, usage,
+    restarted). A snapshot is written every `snapshot_every` steps; `stop_at` ends the run early after that many
+    steps, leaving a snapshot to resume from (time-limited sessions)."""
+    device = torch.device(device)
+    if data_cfg.channels != tok_cfg.in_channels or data_cfg.resolution != tok_cfg.resolution:
+        raise ValueError(f"data ({data_cfg.channels} channels, {data_cfg.resolution} px) does not fit the tokenizer "
+                         f"({tok_cfg.in_channels} channels, {tok_cfg.resolution} px); use config.get_profile, which "
+                         "adapts the tokenizer to the data")
+    torch.manual_seed(train_cfg.seed)
+    vae = VQVAE(tok_cfg).to(device).train()
+    disc = PatchDiscriminator(tok_cfg.in_channels).to(device).train()
+    opt = torch.optim.AdamW(vae.parameters(), lr=train_cfg.lr, betas=train_cfg.betas,
+                            weight_decay=train_cfg.weight_decay)
+    opt_d = torch.optim.AdamW(disc.parameters(), lr=train_cfg.lr, betas=train_cfg.betas,
+                              weight_decay=train_cfg.weight_decay)
+    lpips_fn = load_lpips(device) if train_cfg.lpips_weight > 0 else None
+    images_u8 = load_split(data_cfg, "train").images_u8.to(device)
+    hits_V = torch.zeros(tok_cfg.vocab_size, device=device)
+    history: list[dict] = []
+    start = 0
+
+    snapshots = artifacts.TrainState(KIND, tokenizer_spec(data_cfg, tok_cfg, train_cfg))
+    snap = snapshots.load()
+    if snap is not None:
+        vae.load_state_dict(snap["vae"])
+        disc.load_state_dict(snap["disc"])
+        opt.load_state_dict(snap["opt"])
+        opt_d.load_state_dict(snap["opt_d"])
+        hits_V.copy_(snap["hits_V"])
+        vae.quantize.record_hit = snap["record_hit"]
+        torch.set_rng_state(snap["rng"])
+        history, start = snap["history"], snap["step"]
+
+    end = train_cfg.steps if stop_at is None else min(stop_at, train_cfg.steps)
+    stopping_early = end < train_cfg.steps
+    gan_from = int(train_cfg.gan_start * train_cfg.steps) if train_cfg.gan_weight > 0 else math.inf
+    amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    bar = tqdm(range(start, end), initial=start, total=train_cfg.steps, desc="tokenizer", disable=not progress)
+    for step in bar:
+        idx = batch_indices(step, train_cfg.batch_size, len(images_u8), train_cfg.seed).to(device)
+        x = images_u8[idx].float().div(127.5).sub(1.0)
+        if step == 0:  # data-dependent codebook init: every code starts as a residual that the quantizer sees
+            restart_from_batch(vae, x, torch.ones_like(hits_V, dtype=torch.bool), seeded_generator(train_cfg.seed, 2))
+        use_gan = step >= gan_from
+        with amp:
+            rec, vq_loss, idx_Bl = vae(x)
+        rec = rec.float()
+        rec_loss = F.mse_loss(rec, x)
+        loss = rec_loss + vq_loss
+        row = {"step": step, "rec": rec_loss.item(), "vq": vq_loss.item()}
+        if lpips_fn is not None:
+            lp = lpips_fn(*(t.expand(-1, 3, -1, -1) for t in (rec, x))).mean()
+            loss = loss + train_cfg.lpips_weight * lp
+            row["lpips"] = lp.item()
+        if use_gan:
+            with amp:
+                gan_g = -disc(rec).float().mean()
+            loss = loss + train_cfg.gan_weight * gan_g
+            row["gan_g"] = gan_g.item()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), train_cfg.grad_clip)
+        opt.step()
+        if use_gan:
+            with amp:
+                gan_d = hinge_d_loss(disc(x).float(), disc(rec.detach()).float())
+            opt_d.zero_grad(set_to_none=True)
+            gan_d.backward()
+            torch.nn.utils.clip_grad_norm_(disc.parameters(), train_cfg.grad_clip)
+            opt_d.step()
+            row["gan_d"] = gan_d.item()
+
+        for t in idx_Bl:
+            hits_V += t.flatten().bincount(minlength=tok_cfg.vocab_size)
+        row["usage"] = vae.codebook_usage(idx_Bl)
+        row["restarted"] = 0
+        if train_cfg.restart_dead_codes_every and (step + 1) % train_cfg.restart_dead_codes_every == 0:
+            row["restarted"] = restart_from_batch(vae, x, hits_V == 0, seeded_generator(train_cfg.seed, 1, step))
+            hits_V.zero_()
+        row["loss"] = loss.item()
+        history.append(row)
+        if step % 10 == 0:
+            bar.set_postfix(loss=f"{row['loss']:.4f}", rec=f"{row['rec']:.4f}", vq=f"{row['vq']:.4f}",
+                            usage=f"{row['usage']:.2f}")
+        if (step + 1) % snapshot_every == 0 or (stopping_early and step + 1 == end):
+            snapshots.save({"step": step + 1, "vae": vae.state_dict(), "disc": disc.state_dict(),
+                            "opt": opt.state_dict(), "opt_d": opt_d.state_dict(), "hits_V": hits_V.clone(),
+                            "record_hit": vae.quantize.record_hit, "rng": torch.get_rng_state(), "history": history})
+    bar.close()
+    if not stopping_early:
+        snapshots.clear()
+    return vae, pd.DataFrame(history)
+
+
+@torch.no_grad()
+def restart_from_batch(vae: VQVAE, x_BCHW: torch.Tensor, dead_V: torch.Tensor, generator: torch.Generator) -> int:
+    """Restart the dead codes from the residuals that the quantizer saw on this batch (all scales pooled)."""
+    codes = vae.quantize.residual_quantize(vae.img_to_f(x_BCHW).float())
+    n = vae.restart_dead_codes(dead_V, torch.cat(codes.z_NCs), generator)
+    if n:
+        log.debug("restarted %d dead codes", n)
+    return n
+
+
+def get_tokenizer(data_cfg: DataConfig, tok_cfg: TokenizerConfig, train_cfg: TokenizerTrainConfig,
+                  device: torch.device | str) -> VQVAE:
+    """The trained tokenizer for these configs, from the artifact cache or trained now; frozen (eval mode,
+    requires_grad False) on `device`."""
+    device = torch.device(device)
+
+    def build() -> dict:
+        t0 = time.perf_counter()
+        vae, history = train_tokenizer(data_cfg, tok_cfg, train_cfg, device)
+        train_seconds = time.perf_counter() - t0
+        idx_NL = encode_dataset(frozen(vae), load_split(data_cfg, "test"), device, n=USAGE_IMAGES)
+        return {"state_dict": {k: v.cpu() for k, v in vae.state_dict().items()},
+                "configs": {"data": data_cfg, "tokenizer": tok_cfg, "train": train_cfg},
+                "history": history.to_dict("list"), "train_seconds": train_seconds,
+                "usage": vae.codebook_usage(idx_NL),
+                "usage_per_scale": [vae.codebook_usage(t) for t in split_scales(idx_NL, tok_cfg.scales)]}
+
+    payload = artifacts.get_or_build(KIND, tokenizer_spec(data_cfg, tok_cfg, train_cfg), build)
+    vae = VQVAE(tok_cfg)
+    vae.load_state_dict(payload["state_dict"])
+    return frozen(vae.to(device))
+
+
+# ----------------------------------------------------------------------------------------------- evaluation
+
+@torch.no_grad()
+def evaluate_tokenizer(vae: VQVAE, dataset: ImageDataset, device: torch.device | str, n: int | None = None,
+                       batch_size: int = 256, classifier: Classifier | None = None) -> pd.DataFrame:
+    """Reconstruction quality and codebook usage on (the first `n` images of) `dataset`, one row per number of
+    scales used k = 1..K: scales_used, last_scale, tokens (sum of h_j * w_j for j <= k), psnr, ssim (means over
+    images, reconstructions decoded from f_hat_k), usage_scale (fraction of the V codes used at scale k) and
+    usage_cumulative (at scales 1..k). With a `classifier` (varlib.metrics.get_classifier) also rfid, the FID of
+    the reconstructions against the originals on its features, and lpips when the LPIPS backbone weights exist."""
+    device = torch.device(device)
+    vae = vae.to(device).eval()
+    n = len(dataset) if n is None else min(n, len(dataset))
+    K = len(vae.scales)
+    psnr_K, ssim_K, idx_K, rec_K, lpips_K = ([[] for _ in range(K)] for _ in range(5))
+    for i in range(0, n, batch_size):
+        x = dataset.float_images(slice(i, min(i + batch_size, n))).to(device)
+        codes = vae.quantize.residual_quantize(vae.img_to_f(x))
+        for k, f_hat in enumerate(codes.f_hats):
+            rec = vae.fhat_to_img(f_hat)
+            psnr_K[k].append(psnr(rec, x).cpu())
+            ssim_K[k].append(ssim(rec, x).cpu())
+            idx_K[k].append(codes.idx_Bl[k].flatten().cpu())
+            if classifier is not None:
+                rec_K[k].append(to_uint8(rec).cpu())
+                lpips_K[k].append(lpips_distance(rec, x, device=device))
+    rows = []
+    for k in range(K):
+        rows.append({"scales_used": k + 1, "last_scale": vae.scales[k],
+                     "tokens": sum(pn * pn for pn in vae.scales[:k + 1]),
+                     "psnr": torch.cat(psnr_K[k]).mean().item(), "ssim": torch.cat(ssim_K[k]).mean().item(),
+                     "usage_scale": vae.codebook_usage(torch.cat(idx_K[k])),
+                     "usage_cumulative": vae.codebook_usage(torch.cat([t for ts in idx_K[:k + 1] for t in ts]))})
+        if classifier is not None:
+            rows[-1]["rfid"] = rfid(dataset.images_u8[:n], torch.cat(rec_K[k]), classifier, device)
+            if lpips_K[k][0] is not None:
+                rows[-1]["lpips"] = torch.cat(lpips_K[k]).mean().item()
+    return pd.DataFrame(rows)
+
+
+@torch.no_grad()
+def encode_dataset(vae: VQVAE, dataset: ImageDataset, device: torch.device | str, n: int | None = None,
+                   batch_size: int = 256) -> torch.Tensor:
+    """Tokens of (the first `n` images of) `dataset` as one LongTensor (N, L) on the CPU, scales concatenated
+    (`tokenizer.split_scales` recovers them)."""
+    vae = vae.to(device).eval()
+    n = len(dataset) if n is None else min(n, len(dataset))
+    idx_chunks = []
+    for i in range(0, n, batch_size):
+        x = dataset.float_images(slice(i, min(i + batch_size, n))).to(device)
+        idx_chunks.append(cat_scales(vae.img_to_idxBl(x)).cpu())
+    return torch.cat(idx_chunks)
+
+
+@torch.no_grad()
+def coarse_to_fine(vae: VQVAE, images: torch.Tensor) -> torch.Tensor:
+    """Originals and their reconstructions from the first 1..K scales: (K + 1, n, C, H, W) on the CPU, in [-1, 1]."""
+    device = next(vae.parameters()).device
+    x = images.to(device)
+    return torch.stack([x, *vae.img_to_reconstructed_img(x)]).cpu()
