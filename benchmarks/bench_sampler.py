@@ -29,6 +29,7 @@ import json
 import math
 import platform
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -41,6 +42,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 from make_var_fixture import authors_var, import_authors_models  # noqa: E402
 
 from varlib.config import README_SAMPLING, SampleConfig, TokenizerConfig, VARConfig  # noqa: E402
+from varlib.report import provenance, write_provenance  # noqa: E402
 from varlib.sampling import batch_generator, best_time, sample_ar, sample_var  # noqa: E402
 from varlib.tokenizer import VQVAE  # noqa: E402
 from varlib.transformer import VAR, ARTransformer, teacher_forcing_input  # noqa: E402
@@ -285,6 +287,7 @@ def main() -> None:
     parser.add_argument("--ar-compare", action="store_true", help="only the VAR vs raster-AR timing")
     parser.add_argument("--quick", action="store_true", help="tiny models on the CPU (smoke test)")
     args = parser.parse_args()
+    started = time.perf_counter()
     setup = quick_setup(args) if args.quick else paper_setup(args)
     if setup.device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -335,6 +338,8 @@ def main() -> None:
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1))
+    write_provenance(args.out.parent, provenance("bench_sampler", vars(args), setup.device, None,
+                                                 time.perf_counter() - started, [args.out.name]))
     print(f"wrote {args.out}")
 
 

@@ -32,6 +32,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from varlib.config import TokenizerConfig, TrainConfig, VARConfig, get_profile
+from varlib.report import provenance, write_provenance
 from varlib.tokenizer import VQVAE, split_scales
 from varlib.train import TrainStep, autocast, evaluate
 from varlib.transformer import build_model
@@ -236,6 +237,7 @@ def main() -> None:
     parser.add_argument("--train-steps", type=int, help="--cpu-profile: project this many steps, one evaluation")
     parser.add_argument("--test-sequences", type=int, help="--cpu-profile: evaluate on this many test sequences")
     args = parser.parse_args()
+    started = time.perf_counter()
     if args.authors_dir == "none":
         args.authors_dir = None
     if args.quick:
@@ -248,6 +250,8 @@ def main() -> None:
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
+        write_provenance(Path(args.out).parent, provenance("bench_train", vars(args), args.device, None,
+                                                           time.perf_counter() - started, [Path(args.out).name]))
         print(f"wrote {args.out}")
 
 

@@ -83,20 +83,34 @@ class Report:
         self._provenance()
 
     def _provenance(self) -> None:
-        rec = {
-            "notebook": self.name,
-            "git_sha": git_sha(),
-            "written_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "wall_time_s": round(time.perf_counter() - self.t0, 2),
-            "seed": self.seed,
-            "parameters": _jsonable(self.params),
-            **device_info(self.device),
-            "files": sorted(set(self.written)),
-            **_jsonable(self.extra),
-        }
+        rec = provenance(self.name, self.params, self.device, self.seed, time.perf_counter() - self.t0,
+                         self.written, **self.extra)
         for folder in (self.results, self.figures):
             if folder.exists():
-                (folder / "provenance.json").write_text(json.dumps(rec, indent=2) + "\n")
+                write_provenance(folder, rec)
+
+
+def provenance(name: str, params: dict, device: torch.device | str, seed: int | None, wall_time_s: float,
+               files: list[str], **extra: Any) -> dict:
+    """The record kept beside every result: what ran (git SHA, parameters, seed), where (device, GPU, torch), how
+    long, and which files it wrote."""
+    return {
+        "notebook": name,
+        "git_sha": git_sha(),
+        "written_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "wall_time_s": round(wall_time_s, 2),
+        "seed": seed,
+        "parameters": _jsonable(params),
+        **device_info(device),
+        "files": sorted(set(map(str, files))),
+        **_jsonable(extra),
+    }
+
+
+def write_provenance(folder: Path, record: dict) -> Path:
+    path = Path(folder) / "provenance.json"
+    path.write_text(json.dumps(record, indent=2) + "\n")
+    return path
 
 
 def repo_root(start: Path | None = None) -> Path:
