@@ -84,14 +84,14 @@ class Report:
 
     def _provenance(self) -> None:
         rec = provenance(self.name, self.params, self.device, self.seed, time.perf_counter() - self.t0,
-                         self.written, **self.extra)
+                         self.written, self.extra)
         for folder in (self.results, self.figures):
             if folder.exists():
                 write_provenance(folder, rec)
 
 
 def provenance(name: str, params: dict, device: torch.device | str, seed: int | None, wall_time_s: float,
-               files: list[str], **extra: Any) -> dict:
+               files: list[str], extra: dict | None = None) -> dict:
     """The record kept beside every result: what ran (git SHA, parameters, seed), where (device, GPU, torch), how
     long, and which files it wrote."""
     return {
@@ -103,7 +103,7 @@ def provenance(name: str, params: dict, device: torch.device | str, seed: int | 
         "parameters": _jsonable(params),
         **device_info(device),
         "files": sorted(set(map(str, files))),
-        **_jsonable(extra),
+        **_jsonable(extra or {}),
     }
 
 
