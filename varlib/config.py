@@ -186,16 +186,17 @@ def _smoke() -> Profile:
 
 
 def _quick() -> Profile:
-    tok = TokenizerConfig(ch=32, ch_mult=(1, 2, 2), num_res_blocks=1, vocab_size=512)
+    # Sized for `make scaling` on a 2-core CPU in under 30 minutes (tokenizer + 4 depths), measured in README.md.
+    tok = TokenizerConfig(ch=16, ch_mult=(1, 2, 4), num_res_blocks=1, vocab_size=512)
     return Profile(
         name="quick",
-        data=DataConfig(),
+        data=DataConfig(limit_test=1000),
         tokenizer=tok,
-        tokenizer_train=TokenizerTrainConfig(steps=1500, batch_size=64, gan_weight=0.0),
+        tokenizer_train=TokenizerTrainConfig(steps=900, batch_size=64, gan_weight=0.0),
         var=VARConfig(depth=3, vocab_size=tok.vocab_size, scales=tok.scales),
-        train=TrainConfig(steps=600, batch_size=128, lr_scale=10.0, eval_every=200),
+        train=TrainConfig(steps=200, batch_size=48, lr_scale=30.0, eval_every=50),
         sample=SampleConfig(cfg=1.5, top_k=0, top_p=1.0),
-        scaling_depths=(1, 2, 3, 4, 5, 6),
+        scaling_depths=(1, 2, 3, 4),
         n_eval=1000,
         classifier_epochs=2,
     )

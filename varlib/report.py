@@ -8,6 +8,7 @@ version, seed, wall time), rewritten after each write so that it is never missin
 from __future__ import annotations
 
 import json
+import os
 import platform
 import subprocess
 import time
@@ -22,6 +23,10 @@ from .artifacts import _jsonable
 
 
 def git_sha(cwd: Path | None = None) -> str:
+    """HEAD's SHA (with "-dirty" for uncommitted changes); $VARLIB_GIT_SHA where the tree is a copy without .git
+    (a remote GPU machine)."""
+    if os.environ.get("VARLIB_GIT_SHA"):
+        return os.environ["VARLIB_GIT_SHA"]
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True).stdout
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd, capture_output=True,
