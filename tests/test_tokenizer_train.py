@@ -10,11 +10,11 @@ import torch
 from varlib import artifacts
 from varlib.config import DataConfig, TokenizerConfig, TokenizerTrainConfig, get_profile
 from varlib.data import load_split
+from varlib.metrics import load_lpips
 from varlib.tokenizer_train import (
     coarse_to_fine,
     evaluate_tokenizer,
     get_tokenizer,
-    load_lpips,
     tokenizer_key,
     train_tokenizer,
 )
@@ -92,9 +92,9 @@ def test_resume_equals_uninterrupted_run(fresh_cache):
 
 def test_lpips_is_off_without_local_backbone_weights(tmp_path, monkeypatch, caplog):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # an empty torch hub cache
-    with caplog.at_level(logging.WARNING, logger="varlib.tokenizer_train"):
-        assert load_lpips(torch.device("cpu")) is None
-    assert len(caplog.records) == 1 and "LPIPS loss off" in caplog.text and "alexnet" in caplog.text
+    with caplog.at_level(logging.WARNING, logger="varlib.metrics"):
+        assert load_lpips("alex", torch.device("cpu")) is None
+    assert len(caplog.records) == 1 and "LPIPS skipped" in caplog.text and "alexnet" in caplog.text
 
 
 def test_mismatched_data_and_tokenizer_is_a_clear_error():

@@ -189,3 +189,23 @@ def test_bad_configs_and_inputs_name_the_problem():
     model = VAR(tiny())
     with pytest.raises(ValueError, match="x_BLCv_wo_first_l"):
         model(torch.tensor([0]), torch.randn(1, model.L, 8))
+
+
+def test_load_authors_checkpoint_reads_the_config_off_the_state_dict(tmp_path):
+    from varlib.artifacts import ArtifactError
+    from varlib.transformer import load_authors_checkpoint
+
+    fixture = torch.load(FIXTURE, weights_only=False)["cases"]["anorm"]
+    path = tmp_path / "var_tiny.pth"
+    torch.save(fixture["state_dict"], path)
+    cfg = VARConfig(**fixture["config"])
+    model = load_authors_checkpoint(path, scales=cfg.scales)
+    assert (model.cfg.depth, model.cfg.num_classes, model.cfg.vocab_size, model.cfg.attn_l2_norm) == (
+        cfg.depth, cfg.num_classes, cfg.vocab_size, cfg.attn_l2_norm)
+    with torch.no_grad():
+        logits = model(fixture["label_B"], fixture["x_BLCv_wo_first_l"])
+    torch.testing.assert_close(logits, fixture["logits_BLV"], rtol=1e-4, atol=1e-4)
+    with pytest.raises(ArtifactError, match="no schedule|match no paper schedule"):
+        load_authors_checkpoint(path)
+    with pytest.raises(ArtifactError, match="no such file"):
+        load_authors_checkpoint(tmp_path / "missing.pth")

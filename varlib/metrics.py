@@ -18,7 +18,6 @@ range is 2.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import logging
 import math
@@ -114,11 +113,9 @@ def ssim(x: torch.Tensor, y: torch.Tensor, window: int = 11, sigma: float = 1.5)
     return s.flatten(1).mean(1).float()
 
 
-@functools.lru_cache(maxsize=4)
 def load_lpips(net: str = "alex", device: torch.device | str = "cpu") -> nn.Module | None:
     """LPIPS (Zhang et al. 2018) with its ImageNet backbone, or None when the backbone's weights are not in torch's
-    hub cache: offline they cannot be downloaded, and a random backbone is not a perceptual metric. Cached, so the
-    model is built (or the warning logged) once per process."""
+    hub cache: offline they cannot be downloaded, and a random backbone is not a perceptual metric."""
     if net not in LPIPS_BACKBONES:
         raise ValueError(f"LPIPS net must be one of {sorted(LPIPS_BACKBONES)}, got {net!r}")
     weights = Path(torch.hub.get_dir()) / "checkpoints" / LPIPS_BACKBONES[net]
@@ -132,11 +129,12 @@ def load_lpips(net: str = "alex", device: torch.device | str = "cpu") -> nn.Modu
 
 
 @torch.no_grad()
-def lpips_distance(x: torch.Tensor, y: torch.Tensor, net: str = "alex",
-                   device: torch.device | str = "cpu") -> torch.Tensor | None:
-    """LPIPS distance per image, (B,), for images in [-1, 1] (grayscale repeated to RGB); None without weights."""
+def lpips_distance(x: torch.Tensor, y: torch.Tensor, net: str = "alex", device: torch.device | str = "cpu",
+                   model: nn.Module | None = None) -> torch.Tensor | None:
+    """LPIPS distance per image, (B,), for images in [-1, 1] (grayscale repeated to RGB); None without weights.
+    Pass `model` (from `load_lpips`) to reuse one loaded network over many batches."""
     _check_pair(x, y, "lpips_distance")
-    model = load_lpips(net, device)
+    model = model or load_lpips(net, device)
     if model is None:
         return None
     rgb = [t.to(device).expand(-1, 3, -1, -1) if t.shape[1] == 1 else t.to(device) for t in (x, y)]

@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import math
 import time
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -26,14 +25,13 @@ from tqdm.auto import tqdm
 from . import artifacts
 from .config import DataConfig, TokenizerConfig, TokenizerTrainConfig
 from .data import ImageDataset, load_split, to_uint8
-from .metrics import Classifier, lpips_distance, psnr, rfid, ssim
+from .metrics import Classifier, load_lpips, lpips_distance, psnr, rfid, ssim
 from .tokenizer import VQVAE, cat_scales, frozen, split_scales
 
 log = logging.getLogger(__name__)
 
 KIND = "tokenizer"
 USAGE_IMAGES = 1000  # held-out images whose tokens measure the stored codebook usage
-LPIPS_BACKBONE = "alexnet-owt-7be5be79.pth"  # torchvision's AlexNet weights, which lpips.LPIPS(net="alex") loads
 
 
 def tokenizer_spec(data_cfg: DataConfig, tok_cfg: TokenizerConfig, train_cfg: TokenizerTrainConfig) -> dict:
@@ -63,19 +61,6 @@ def batch_indices(step: int, batch_size: int, n: int, seed: int) -> torch.Tensor
 
 
 # ----------------------------------------------------------------------------------------------- auxiliary losses
-
-def load_lpips(device: torch.device) -> nn.Module | None:
-    """LPIPS (AlexNet) when torchvision's backbone weights are already in the torch hub cache; otherwise None and a
-    warning. Never a random backbone: LPIPS with random features is not a perceptual distance."""
-    path = Path(torch.hub.get_dir()) / "checkpoints" / LPIPS_BACKBONE
-    if not path.is_file():
-        log.warning("LPIPS loss off: the AlexNet backbone weights are not at %s (lpips would download them). "
-                    "Copy %s there to train with the perceptual loss.", path, LPIPS_BACKBONE)
-        return None
-    import lpips
-
-    return lpips.LPIPS(net="alex", verbose=False).to(device).eval().requires_grad_(False)
-
 
 class PatchDiscriminator(nn.Module):
     """A small PatchGAN (Isola et al. 2017): strided 4x4 convs with LeakyReLU, one real/fake logit per patch."""
@@ -119,7 +104,7 @@ def train_tokenizer(data_cfg: DataConfig, tok_cfg: TokenizerConfig, train_cfg: T
                             weight_decay=train_cfg.weight_decay)
     opt_d = torch.optim.AdamW(disc.parameters(), lr=train_cfg.lr, betas=train_cfg.betas,
                               weight_decay=train_cfg.weight_decay)
-    lpips_fn = load_lpips(device) if train_cfg.lpips_weight > 0 else None
+    lpips_fn = load_lpips("alex", device) if train_cfg.lpips_weight > 0 else None
     images_u8 = load_split(data_cfg, "train").images_u8.to(device)
     hits_V = torch.zeros(tok_cfg.vocab_size, device=device)
     history: list[dict] = []
@@ -246,6 +231,7 @@ def evaluate_tokenizer(vae: VQVAE, dataset: ImageDataset, device: torch.device |
     n = len(dataset) if n is None else min(n, len(dataset))
     K = len(vae.scales)
     psnr_K, ssim_K, idx_K, rec_K, lpips_K = ([[] for _ in range(K)] for _ in range(5))
+    lpips_net = load_lpips("alex", device) if classifier is not None else None
     for i in range(0, n, batch_size):
         x = dataset.float_images(slice(i, min(i + batch_size, n))).to(device)
         codes = vae.quantize.residual_quantize(vae.img_to_f(x))
@@ -256,7 +242,8 @@ def evaluate_tokenizer(vae: VQVAE, dataset: ImageDataset, device: torch.device |
             idx_K[k].append(codes.idx_Bl[k].flatten().cpu())
             if classifier is not None:
                 rec_K[k].append(to_uint8(rec).cpu())
-                lpips_K[k].append(lpips_distance(rec, x, device=device))
+                if lpips_net is not None:
+                    lpips_K[k].append(lpips_distance(rec, x, device=device, model=lpips_net))
     rows = []
     for k in range(K):
         rows.append({"scales_used": k + 1, "last_scale": vae.scales[k],
@@ -266,7 +253,7 @@ def evaluate_tokenizer(vae: VQVAE, dataset: ImageDataset, device: torch.device |
                      "usage_cumulative": vae.codebook_usage(torch.cat([t for ts in idx_K[:k + 1] for t in ts]))})
         if classifier is not None:
             rows[-1]["rfid"] = rfid(dataset.images_u8[:n], torch.cat(rec_K[k]), classifier, device)
-            if lpips_K[k][0] is not None:
+            if lpips_net is not None:
                 rows[-1]["lpips"] = torch.cat(lpips_K[k]).mean().item()
     return pd.DataFrame(rows)
 
