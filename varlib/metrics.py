@@ -18,6 +18,7 @@ range is 2.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import math
@@ -58,6 +59,12 @@ LPIPS_BACKBONES = {
     "vgg": "vgg16-397923af.pth",
     "squeeze": "squeezenet1_1-b8a52dc0.pth",
 }
+
+
+@functools.cache
+def _log_once(message: str) -> None:
+    """A skipped optional metric is reported once per session, not once per call."""
+    log.warning(message)
 
 
 class MetricInputError(ValueError):
@@ -120,8 +127,7 @@ def load_lpips(net: str = "alex", device: torch.device | str = "cpu") -> nn.Modu
         raise ValueError(f"LPIPS net must be one of {sorted(LPIPS_BACKBONES)}, got {net!r}")
     weights = Path(torch.hub.get_dir()) / "checkpoints" / LPIPS_BACKBONES[net]
     if not weights.is_file():
-        log.warning("LPIPS skipped: the %s backbone weights are not at %s (copy them there to enable LPIPS)", net,
-                    weights)
+        _log_once(f"LPIPS skipped: the {net} backbone weights are not at {weights} (copy them there to enable LPIPS)")
         return None
     import lpips  # imported only here: it is needed only when its backbone weights exist
 
@@ -454,8 +460,9 @@ def generation_metrics(fake_u8: torch.Tensor, real: torch.Tensor | ImageDataset,
                    len(fake_u8), classifier.label)
     weights = inception_weights()
     if weights is None:
-        log.info("Inception metrics skipped: torch-fidelity's Inception-v3 weights are not in %s (offline: copy "
-                 "%s there to enable them)", Path(torch.hub.get_dir()) / "checkpoints", URL_INCEPTION_V3)
+        hub = Path(torch.hub.get_dir()) / "checkpoints"
+        _log_once(f"Inception metrics skipped: torch-fidelity's Inception-v3 weights are not in {hub} "
+                  f"(offline: copy {URL_INCEPTION_V3} there to enable them)")
     else:
         out |= _renamed(_fidelity(fake_u8, real_u8 if needs_real else None, INCEPTION, weights,
                                   f"varlib-real-{real_hash}", device, **flags), len(fake_u8), "Inception-v3")

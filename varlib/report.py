@@ -62,6 +62,7 @@ class Report:
         self.figures = Path(out_dir) / "figures" / name
         self.device = torch.device(device)
         self.t0 = time.perf_counter()
+        self.sha = git_sha()  # the code that ran: taken at the start, not when a file is written
         self.written: list[str] = []
         self.extra: dict[str, Any] = {}
 
@@ -89,19 +90,19 @@ class Report:
 
     def _provenance(self) -> None:
         rec = provenance(self.name, self.params, self.device, self.seed, time.perf_counter() - self.t0,
-                         self.written, self.extra)
+                         self.written, self.extra, sha=self.sha)
         for folder in (self.results, self.figures):
             if folder.exists():
                 write_provenance(folder, rec)
 
 
 def provenance(name: str, params: dict, device: torch.device | str, seed: int | None, wall_time_s: float,
-               files: list[str], extra: dict | None = None) -> dict:
+               files: list[str], extra: dict | None = None, sha: str | None = None) -> dict:
     """The record kept beside every result: what ran (git SHA, parameters, seed), where (device, GPU, torch), how
     long, and which files it wrote."""
     return {
         "notebook": name,
-        "git_sha": git_sha(),
+        "git_sha": sha or git_sha(),
         "written_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "wall_time_s": round(wall_time_s, 2),
         "seed": seed,
