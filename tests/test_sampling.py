@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import randomised
 
 from varlib import sampling
 from varlib.config import SampleConfig, TokenizerConfig, VARConfig
@@ -29,14 +30,6 @@ SCALES = (1, 2, 3, 4)
 TOK = dict(in_channels=1, ch=8, ch_mult=(1, 2), num_res_blocks=1, using_sa=False, using_mid_sa=False, vocab_size=32,
            z_channels=8)
 SC = SampleConfig(cfg=1.5, top_k=12, top_p=0.9)
-
-
-def randomised(model, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.3)
-    return model.eval()
 
 
 @pytest.fixture(scope="module")

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import randomised
 
 from varlib.config import TokenizerConfig, VARConfig
 from varlib.tokenizer import VQVAE
@@ -16,15 +17,6 @@ PAPER_SCALES = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
 
 def tiny(scales=SCALES, **kw) -> VARConfig:
     return VARConfig(**{**dict(depth=2, head_dim=16, num_classes=5, vocab_size=32, z_channels=8, scales=scales), **kw})
-
-
-def randomised(model, seed=0):
-    """Weights far from the near-identity init, so every dependency shows up in the outputs."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * 0.3)
-    return model.eval()
 
 
 def scale_of(scales):
