@@ -325,7 +325,7 @@ class MultiScaleQuantizer(nn.Module):
     @torch.no_grad()
     def record_hits(self, idx_Bl: list[torch.Tensor]) -> None:
         """EMA of per-scale code hits: copied on the first record, 0.9/0.1 for the next 99, then 0.99/0.01."""
-        hit_SV = torch.stack([idx.flatten().bincount(minlength=self.vocab_size).float() for idx in idx_Bl])
+        hit_SV = torch.stack([code_hits(idx, self.vocab_size) for idx in idx_Bl])
         if self.record_hit == 0:
             self.ema_vocab_hit_SV.copy_(hit_SV)
         else:
@@ -436,6 +436,12 @@ class VQVAE(nn.Module):
         if key in state_dict and state_dict[key].shape != self.quantize.ema_vocab_hit_SV.shape:
             state_dict = {**state_dict, key: self.quantize.ema_vocab_hit_SV.clone()}
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+
+def code_hits(idx: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """How often each of the V codes occurs in `idx` (float32 (V,)); unlike bincount, no wait on the device."""
+    flat = idx.flatten()
+    return torch.zeros(vocab_size, device=idx.device).index_add_(0, flat, torch.ones_like(flat, dtype=torch.float32))
 
 
 def frozen(vae: VQVAE) -> VQVAE:

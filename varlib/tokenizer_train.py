@@ -11,6 +11,7 @@ quantizer inputs, against the codebook collapse at the coarse scales that users 
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
@@ -26,7 +27,7 @@ from . import artifacts
 from .config import DataConfig, TokenizerConfig, TokenizerTrainConfig
 from .data import ImageDataset, load_split, to_uint8
 from .metrics import Classifier, load_lpips, lpips_distance, psnr, rfid, ssim
-from .tokenizer import VQVAE, cat_scales, frozen, split_scales
+from .tokenizer import VQVAE, cat_scales, code_hits, frozen, split_scales
 
 log = logging.getLogger(__name__)
 
@@ -55,9 +56,13 @@ def batch_indices(step: int, batch_size: int, n: int, seed: int) -> torch.Tensor
     out = []
     while len(out) < batch_size:
         epoch, offset = divmod(first + len(out), n)
-        perm = torch.randperm(n, generator=seeded_generator(seed, 0, epoch))
-        out += perm[offset:offset + batch_size - len(out)].tolist()
+        out += epoch_permutation(n, seed, epoch)[offset:offset + batch_size - len(out)]
     return torch.tensor(out)
+
+
+@functools.lru_cache(maxsize=2)
+def epoch_permutation(n: int, seed: int, epoch: int) -> list[int]:
+    return torch.randperm(n, generator=seeded_generator(seed, 0, epoch)).tolist()
 
 
 # ----------------------------------------------------------------------------------------------- auxiliary losses
@@ -127,6 +132,16 @@ def train_tokenizer(data_cfg: DataConfig, tok_cfg: TokenizerConfig, train_cfg: T
     gan_from = int(train_cfg.gan_start * train_cfg.steps) if train_cfg.gan_weight > 0 else math.inf
     amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
     bar = tqdm(range(start, end), initial=start, total=train_cfg.steps, desc="tokenizer", disable=not progress)
+    pending: list[dict] = []  # this step's and recent steps' losses as device tensors, read in one batch
+
+    def flush() -> None:
+        if pending:
+            values = torch.cat([torch.stack(list(row.values())) for row in pending]).tolist()
+            for row in pending:
+                vals, values = values[:len(row)], values[len(row):]
+                history.append({**dict(zip(row, vals, strict=True)), "step": int(vals[0]), "restarted": int(vals[-1])})
+            pending.clear()
+
     for step in bar:
         idx = batch_indices(step, train_cfg.batch_size, len(images_u8), train_cfg.seed).to(device)
         x = images_u8[idx].float().div(127.5).sub(1.0)
@@ -138,16 +153,16 @@ def train_tokenizer(data_cfg: DataConfig, tok_cfg: TokenizerConfig, train_cfg: T
         rec = rec.float()
         rec_loss = F.mse_loss(rec, x)
         loss = rec_loss + vq_loss
-        row = {"step": step, "rec": rec_loss.item(), "vq": vq_loss.item()}
+        row = {"step": torch.tensor(float(step), device=device), "rec": rec_loss.detach(), "vq": vq_loss.detach()}
         if lpips_fn is not None:
             lp = lpips_fn(*(t.expand(-1, 3, -1, -1) for t in (rec, x))).mean()
             loss = loss + train_cfg.lpips_weight * lp
-            row["lpips"] = lp.item()
+            row["lpips"] = lp.detach()
         if use_gan:
             with amp:
                 gan_g = -disc(rec).float().mean()
             loss = loss + train_cfg.gan_weight * gan_g
-            row["gan_g"] = gan_g.item()
+            row["gan_g"] = gan_g.detach()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), train_cfg.grad_clip)
@@ -159,24 +174,29 @@ def train_tokenizer(data_cfg: DataConfig, tok_cfg: TokenizerConfig, train_cfg: T
             gan_d.backward()
             torch.nn.utils.clip_grad_norm_(disc.parameters(), train_cfg.grad_clip)
             opt_d.step()
-            row["gan_d"] = gan_d.item()
+            row["gan_d"] = gan_d.detach()
 
-        for t in idx_Bl:
-            hits_V += t.flatten().bincount(minlength=tok_cfg.vocab_size)
-        row["usage"] = vae.codebook_usage(idx_Bl)
-        row["restarted"] = 0
+        step_hits_V = code_hits(cat_scales(idx_Bl), tok_cfg.vocab_size)
+        hits_V += step_hits_V
+        row["usage"] = (step_hits_V > 0).float().mean()
+        row["loss"] = loss.detach()
+        restarted = 0
         if train_cfg.restart_dead_codes_every and (step + 1) % train_cfg.restart_dead_codes_every == 0:
-            row["restarted"] = restart_from_batch(vae, x, hits_V == 0, seeded_generator(train_cfg.seed, 1, step))
+            restarted = restart_from_batch(vae, x, hits_V == 0, seeded_generator(train_cfg.seed, 1, step))
             hits_V.zero_()
-        row["loss"] = loss.item()
-        history.append(row)
+        row["restarted"] = torch.tensor(float(restarted), device=device)
+        pending.append(row)
         if step % 10 == 0:
-            bar.set_postfix(loss=f"{row['loss']:.4f}", rec=f"{row['rec']:.4f}", vq=f"{row['vq']:.4f}",
-                            usage=f"{row['usage']:.2f}")
+            flush()
+            last = history[-1]
+            bar.set_postfix(loss=f"{last['loss']:.4f}", rec=f"{last['rec']:.4f}", vq=f"{last['vq']:.4f}",
+                            usage=f"{last['usage']:.2f}")
         if (step + 1) % snapshot_every == 0 or (stopping_early and step + 1 == end):
+            flush()
             snapshots.save({"step": step + 1, "vae": vae.state_dict(), "disc": disc.state_dict(),
                             "opt": opt.state_dict(), "opt_d": opt_d.state_dict(), "hits_V": hits_V.clone(),
                             "record_hit": vae.quantize.record_hit, "rng": torch.get_rng_state(), "history": history})
+    flush()
     bar.close()
     if not stopping_early:
         snapshots.clear()
