@@ -76,6 +76,7 @@ class TokenizerTrainConfig:
     gan_start: float = 0.5  # fraction of the steps before the discriminator is switched on
     restart_dead_codes_every: int = 200  # steps; 0 disables codebook restarts
     seed: int = 0
+    compile: bool = False  # torch.compile the encoder, decoder and discriminator (GPU)
 
 
 @dataclass(frozen=True)

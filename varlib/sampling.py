@@ -207,9 +207,14 @@ def _var_loop(model: VAR, vae, labels_B: torch.Tensor, sample_cfg: SampleConfig,
     return idx_Bl, f_hat
 
 
+DECODE_CHUNK = 32  # images per decoder call: at 256 px a decoder activation is 5 GB per 256 images
+
+
 def decode_images(vae, f_hat: torch.Tensor, compile: bool = False) -> torch.Tensor:
-    """f_hat -> float32 images in [-1, 1] (the decoder may run in bf16 under autocast)."""
-    return (torch.compile(vae.fhat_to_img) if compile else vae.fhat_to_img)(f_hat).float()
+    """f_hat -> float32 images in [-1, 1], `DECODE_CHUNK` at a time (the same images as one call, in a bounded
+    footprint); the decoder may run in bf16 under autocast."""
+    decode = torch.compile(vae.fhat_to_img) if compile else vae.fhat_to_img
+    return torch.cat([decode(chunk).float() for chunk in f_hat.split(DECODE_CHUNK)])
 
 
 @torch.no_grad()
@@ -226,6 +231,7 @@ def sample_var(model: VAR, vae, labels_B, sample_cfg: SampleConfig, generator: t
         steps = CachedSteps(model, _both_branches(labels_B, model.num_classes, sample_cfg.cfg > 0),
                             model.scales[-1] ** 2, compile)
         idx_Bl, f_hat = _var_loop(model, vae, labels_B, sample_cfg, generator, steps)
+        del steps  # the KV caches (50 GB at d30, B=256 with guidance) are not needed by the decoder
         return idx_Bl, decode_images(vae, f_hat, compile) if decode else None
 
 

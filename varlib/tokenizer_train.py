@@ -89,12 +89,63 @@ def hinge_d_loss(logits_real: torch.Tensor, logits_fake: torch.Tensor) -> torch.
 
 # ----------------------------------------------------------------------------------------------- training
 
+class TokenizerStep:
+    """One optimisation step of the tokenizer (and, once the GAN is on, of the discriminator) on an image batch.
+
+    Returns the step's losses as device tensors (no host sync) and the tokens. With `train_cfg.compile` the encoder,
+    decoder and discriminator run through torch.compile (in place: state-dict names are unchanged); the quantizer
+    stays eager. benchmarks/bench_tokenizer.py measures both."""
+
+    def __init__(self, vae: VQVAE, disc: PatchDiscriminator, train_cfg: TokenizerTrainConfig,
+                 device: torch.device):
+        self.vae, self.disc, self.cfg = vae, disc, train_cfg
+        fused = device.type == "cuda"
+        self.opt = torch.optim.AdamW(vae.parameters(), lr=train_cfg.lr, betas=train_cfg.betas,
+                                     weight_decay=train_cfg.weight_decay, fused=fused)
+        self.opt_d = torch.optim.AdamW(disc.parameters(), lr=train_cfg.lr, betas=train_cfg.betas,
+                                       weight_decay=train_cfg.weight_decay, fused=fused)
+        self.lpips_fn = load_lpips("alex", device) if train_cfg.lpips_weight > 0 else None
+        self.amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+        if train_cfg.compile:
+            for module in (vae.encoder, vae.decoder, disc):
+                module.compile()
+
+    def __call__(self, x: torch.Tensor, use_gan: bool) -> tuple[dict[str, torch.Tensor], list[torch.Tensor]]:
+        vae, disc, cfg = self.vae, self.disc, self.cfg
+        with self.amp:
+            rec, vq_loss, idx_Bl = vae(x)
+        rec = rec.float()
+        rec_loss = F.mse_loss(rec, x)
+        loss = rec_loss + vq_loss
+        losses = {"rec": rec_loss, "vq": vq_loss}
+        if self.lpips_fn is not None:
+            losses["lpips"] = self.lpips_fn(*(t.expand(-1, 3, -1, -1) for t in (rec, x))).mean()
+            loss = loss + cfg.lpips_weight * losses["lpips"]
+        if use_gan:
+            with self.amp:
+                losses["gan_g"] = -disc(rec).float().mean()
+            loss = loss + cfg.gan_weight * losses["gan_g"]
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), cfg.grad_clip)
+        self.opt.step()
+        if use_gan:
+            with self.amp:
+                losses["gan_d"] = hinge_d_loss(disc(x).float(), disc(rec.detach()).float())
+            self.opt_d.zero_grad(set_to_none=True)
+            losses["gan_d"].backward()
+            torch.nn.utils.clip_grad_norm_(disc.parameters(), cfg.grad_clip)
+            self.opt_d.step()
+        losses["loss"] = loss
+        return {k: v.detach() for k, v in losses.items()}, idx_Bl
+
+
 def train_tokenizer(data_cfg: DataConfig, tok_cfg: TokenizerConfig, train_cfg: TokenizerTrainConfig,
                     device: torch.device | str, progress: bool = True, *, snapshot_every: int = 250,
                     stop_at: int | None = None) -> tuple[VQVAE, pd.DataFrame]:
     """Train a tokenizer from scratch, or resume an interrupted run of the same configuration.
 
-    Returns the model (train mode) and a per-step history (step, loss, rec, vq, lpips, gan_g, gan_d, usage,
+    Returns the model (train mode) and a per-step history (step, rec, vq, lpips, gan_g, gan_d, loss, usage,
     restarted). A snapshot is written every `snapshot_every` steps; `stop_at` ends the run early after that many
     steps, leaving a snapshot to resume from (time-limited sessions)."""
     device = torch.device(device)
@@ -105,11 +156,6 @@ def train_tokenizer(data_cfg: DataConfig, tok_cfg: TokenizerConfig, train_cfg: T
     torch.manual_seed(train_cfg.seed)
     vae = VQVAE(tok_cfg).to(device).train()
     disc = PatchDiscriminator(tok_cfg.in_channels).to(device).train()
-    opt = torch.optim.AdamW(vae.parameters(), lr=train_cfg.lr, betas=train_cfg.betas,
-                            weight_decay=train_cfg.weight_decay)
-    opt_d = torch.optim.AdamW(disc.parameters(), lr=train_cfg.lr, betas=train_cfg.betas,
-                              weight_decay=train_cfg.weight_decay)
-    lpips_fn = load_lpips("alex", device) if train_cfg.lpips_weight > 0 else None
     images_u8 = load_split(data_cfg, "train").images_u8.to(device)
     hits_V = torch.zeros(tok_cfg.vocab_size, device=device)
     history: list[dict] = []
@@ -117,11 +163,12 @@ def train_tokenizer(data_cfg: DataConfig, tok_cfg: TokenizerConfig, train_cfg: T
 
     snapshots = artifacts.TrainState(KIND, tokenizer_spec(data_cfg, tok_cfg, train_cfg))
     snap = snapshots.load()
+    train_step = TokenizerStep(vae, disc, train_cfg, device)
     if snap is not None:
         vae.load_state_dict(snap["vae"])
         disc.load_state_dict(snap["disc"])
-        opt.load_state_dict(snap["opt"])
-        opt_d.load_state_dict(snap["opt_d"])
+        train_step.opt.load_state_dict(snap["opt"])
+        train_step.opt_d.load_state_dict(snap["opt_d"])
         hits_V.copy_(snap["hits_V"])
         vae.quantize.record_hit = snap["record_hit"]
         torch.set_rng_state(snap["rng"])
@@ -130,9 +177,8 @@ def train_tokenizer(data_cfg: DataConfig, tok_cfg: TokenizerConfig, train_cfg: T
     end = train_cfg.steps if stop_at is None else min(stop_at, train_cfg.steps)
     stopping_early = end < train_cfg.steps
     gan_from = int(train_cfg.gan_start * train_cfg.steps) if train_cfg.gan_weight > 0 else math.inf
-    amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
     bar = tqdm(range(start, end), initial=start, total=train_cfg.steps, desc="tokenizer", disable=not progress)
-    pending: list[dict] = []  # this step's and recent steps' losses as device tensors, read in one batch
+    pending: list[dict] = []  # recent steps' losses as device tensors, read in one batch every 10 steps
 
     def flush() -> None:
         if pending:
@@ -147,45 +193,16 @@ def train_tokenizer(data_cfg: DataConfig, tok_cfg: TokenizerConfig, train_cfg: T
         x = images_u8[idx].float().div(127.5).sub(1.0)
         if step == 0:  # data-dependent codebook init: every code starts as a residual that the quantizer sees
             restart_from_batch(vae, x, torch.ones_like(hits_V, dtype=torch.bool), seeded_generator(train_cfg.seed, 2))
-        use_gan = step >= gan_from
-        with amp:
-            rec, vq_loss, idx_Bl = vae(x)
-        rec = rec.float()
-        rec_loss = F.mse_loss(rec, x)
-        loss = rec_loss + vq_loss
-        row = {"step": torch.tensor(float(step), device=device), "rec": rec_loss.detach(), "vq": vq_loss.detach()}
-        if lpips_fn is not None:
-            lp = lpips_fn(*(t.expand(-1, 3, -1, -1) for t in (rec, x))).mean()
-            loss = loss + train_cfg.lpips_weight * lp
-            row["lpips"] = lp.detach()
-        if use_gan:
-            with amp:
-                gan_g = -disc(rec).float().mean()
-            loss = loss + train_cfg.gan_weight * gan_g
-            row["gan_g"] = gan_g.detach()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), train_cfg.grad_clip)
-        opt.step()
-        if use_gan:
-            with amp:
-                gan_d = hinge_d_loss(disc(x).float(), disc(rec.detach()).float())
-            opt_d.zero_grad(set_to_none=True)
-            gan_d.backward()
-            torch.nn.utils.clip_grad_norm_(disc.parameters(), train_cfg.grad_clip)
-            opt_d.step()
-            row["gan_d"] = gan_d.detach()
-
+        losses, idx_Bl = train_step(x, step >= gan_from)
         step_hits_V = code_hits(cat_scales(idx_Bl), tok_cfg.vocab_size)
         hits_V += step_hits_V
-        row["usage"] = (step_hits_V > 0).float().mean()
-        row["loss"] = loss.detach()
         restarted = 0
         if train_cfg.restart_dead_codes_every and (step + 1) % train_cfg.restart_dead_codes_every == 0:
             restarted = restart_from_batch(vae, x, hits_V == 0, seeded_generator(train_cfg.seed, 1, step))
             hits_V.zero_()
-        row["restarted"] = torch.tensor(float(restarted), device=device)
-        pending.append(row)
+        pending.append({"step": torch.tensor(float(step), device=device), **losses,
+                        "usage": (step_hits_V > 0).float().mean(),
+                        "restarted": torch.tensor(float(restarted), device=device)})
         if step % 10 == 0:
             flush()
             last = history[-1]
@@ -194,8 +211,9 @@ def train_tokenizer(data_cfg: DataConfig, tok_cfg: TokenizerConfig, train_cfg: T
         if (step + 1) % snapshot_every == 0 or (stopping_early and step + 1 == end):
             flush()
             snapshots.save({"step": step + 1, "vae": vae.state_dict(), "disc": disc.state_dict(),
-                            "opt": opt.state_dict(), "opt_d": opt_d.state_dict(), "hits_V": hits_V.clone(),
-                            "record_hit": vae.quantize.record_hit, "rng": torch.get_rng_state(), "history": history})
+                            "opt": train_step.opt.state_dict(), "opt_d": train_step.opt_d.state_dict(),
+                            "hits_V": hits_V.clone(), "record_hit": vae.quantize.record_hit,
+                            "rng": torch.get_rng_state(), "history": history})
     flush()
     bar.close()
     if not stopping_early:
