@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from varlib.artifacts import ArtifactError
 from varlib.config import TokenizerConfig
-from varlib.tokenizer import VQVAE, cat_scales, load_authors_checkpoint, phi_index, split_scales
+from varlib.tokenizer import VQVAE, bicubic_upsample, cat_scales, load_authors_checkpoint, phi_index, split_scales
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURE = ROOT / "tests" / "fixtures" / "tokenizer_compat.pt"
@@ -25,6 +26,25 @@ def tiny_vae(**changes) -> VQVAE:
 def images(cfg: TokenizerConfig, n: int = 3) -> torch.Tensor:
     g = torch.Generator().manual_seed(1)
     return torch.rand(n, cfg.in_channels, cfg.resolution, cfg.resolution, generator=g) * 2 - 1
+
+
+@pytest.mark.parametrize("n, size", [(1, 8), (3, 8), (5, 16), (13, 16), (8, 8)])
+def test_matmul_bicubic_equals_interpolate(n, size):
+    """The fast path (two matmuls) against the reference F.interpolate, values and gradients, also under autocast
+    (where both stay float32)."""
+    torch.manual_seed(n)
+    x_ref = torch.randn(2, 4, n, n, requires_grad=True)
+    x_fast = x_ref.detach().clone().requires_grad_()
+    weight = torch.randn(2, 4, size, size)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ref = F.interpolate(x_ref, size=(size, size), mode="bicubic")
+        fast = bicubic_upsample(x_fast, size)
+    assert fast.dtype == ref.dtype == torch.float32
+    torch.testing.assert_close(fast, ref, atol=2e-6, rtol=0)
+    (ref * weight).sum().backward()
+    (fast * weight).sum().backward()
+    # a gradient sums up to size^2 terms, in a different order: float32 rounding of that sum
+    torch.testing.assert_close(x_fast.grad, x_ref.grad, atol=1e-4, rtol=1e-5)
 
 
 @torch.no_grad()
