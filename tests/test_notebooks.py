@@ -32,3 +32,38 @@ def test_notebook_smoke(nb, tmp_path):
         assert prov["parameters"]["profile"] == "smoke" and prov["git_sha"] and prov["torch"]
     assert not (ROOT / "results" / nb.stem / "provenance.json").exists() or \
         json.loads((ROOT / "results" / nb.stem / "provenance.json").read_text())["parameters"]["profile"] != "smoke"
+
+
+@pytest.mark.slow
+def test_zero_shot_notebook_runs_on_authors_checkpoints(tmp_path):
+    """05_zero_shot with `authors_dir`: files named and laid out as the authors' (here a tiny VAR-d1 and a 32 px
+    tokenizer over the paper's ten scales, random weights) and an image folder with one sub-folder per class."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from varlib.config import TokenizerConfig, VARConfig
+    from varlib.tokenizer import VQVAE
+    from varlib.transformer import AUTHORS_VAE_FILE, PAPER_SCALES_256, VAR
+
+    tok = TokenizerConfig(in_channels=3, ch=16, ch_mult=(1, 2), num_res_blocks=1, vocab_size=64,
+                          scales=PAPER_SCALES_256)
+    torch.manual_seed(0)
+    torch.save(VQVAE(tok).state_dict(), tmp_path / AUTHORS_VAE_FILE)
+    torch.save(VAR(VARConfig(depth=1, num_classes=1000, vocab_size=64, scales=PAPER_SCALES_256)).state_dict(),
+               tmp_path / "var_d1.pth")
+    rng = np.random.default_rng(0)
+    for cls in ("n01440764", "n01443537"):
+        folder = tmp_path / "images" / cls
+        folder.mkdir(parents=True)
+        for i in range(10):
+            Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    nb = ROOT / "notebooks" / "05_zero_shot.ipynb"
+    pm.execute_notebook(str(nb), str(tmp_path / nb.name), cwd=str(nb.parent), kernel_name="python3",
+                        progress_bar=False,
+                        parameters={"profile": "smoke", "out_dir": str(tmp_path), "authors_dir": str(tmp_path),
+                                    "authors_depth": 1, "dataset": str(tmp_path / "images"), "resolution": 32,
+                                    "n_images": 2, "n_show": 2, "n_seeds": 1})
+    table = (tmp_path / "results" / "05_zero_shot" / "zero_shot.csv").read_text()
+    assert "authors' checkpoint" in table and "raster" not in table
+    assert len(list((tmp_path / "figures" / "05_zero_shot").glob("*.png"))) == 3

@@ -11,7 +11,15 @@ import torch.nn.functional as F
 
 from varlib.artifacts import ArtifactError
 from varlib.config import TokenizerConfig
-from varlib.tokenizer import VQVAE, bicubic_upsample, cat_scales, load_authors_checkpoint, phi_index, split_scales
+from varlib.tokenizer import (
+    VQVAE,
+    bicubic_upsample,
+    cat_scales,
+    config_from_state_dict,
+    load_authors_checkpoint,
+    phi_index,
+    split_scales,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURE = ROOT / "tests" / "fixtures" / "tokenizer_compat.pt"
@@ -179,6 +187,22 @@ def test_authors_checkpoint_errors_name_the_file(tmp_path):
     torch.save({"weight": torch.zeros(1)}, foreign)
     with pytest.raises(ArtifactError, match="foreign.pth: not a VQVAE state dict"):
         load_authors_checkpoint(foreign)
+
+
+@pytest.mark.parametrize("cfg", [
+    TokenizerConfig.paper(),
+    dataclasses.replace(TINY, share_phi=0, using_sa=False),
+    dataclasses.replace(TINY, share_phi=1, using_mid_sa=False, in_channels=3, num_res_blocks=2),
+])
+def test_config_is_read_off_the_state_dict(cfg):
+    assert config_from_state_dict(VQVAE(cfg).state_dict(), cfg.scales) == cfg
+
+
+def test_authors_checkpoint_of_any_width_loads_frozen(tmp_path):
+    torch.save(tiny_vae().state_dict(), tmp_path / "vae.pth")
+    vae = load_authors_checkpoint(tmp_path / "vae.pth", scales=TINY.scales)
+    assert vae.cfg == TINY and not vae.training
+    torch.testing.assert_close(vae.img_to_idxBl(images(TINY))[-1], tiny_vae().img_to_idxBl(images(TINY))[-1])
 
 
 def test_wrong_image_size_is_a_clear_error():

@@ -474,8 +474,31 @@ def frozen(vae: VQVAE) -> VQVAE:
     return vae
 
 
+def config_from_state_dict(state: dict, scales: tuple[int, ...]) -> TokenizerConfig:
+    """The TokenizerConfig of a VQVAE state dict in the authors' key layout (widths, levels, blocks, attention,
+    latent channels, codebook size, phi sharing), for the given scale schedule; the paper's checkpoint gives
+    TokenizerConfig.paper(scales). phi_ratio and beta are not stored and keep their (the paper's) defaults."""
+    levels = sorted({int(k.split(".")[2]) for k in state if k.startswith("encoder.down.")})
+    ch = state["encoder.conv_in.weight"].shape[0]
+    last = levels[-1]
+    if any(k.startswith("quantize.quant_resi.qresi_ls.") for k in state):
+        share_phi = len({k.split(".")[3] for k in state if k.startswith("quantize.quant_resi.qresi_ls.")})
+    else:
+        share_phi = 1 if "quantize.quant_resi.qresi.weight" in state else 0
+    return TokenizerConfig(
+        in_channels=state["encoder.conv_in.weight"].shape[1], ch=ch,
+        ch_mult=tuple(state[f"encoder.down.{i}.block.0.conv1.weight"].shape[0] // ch for i in levels),
+        num_res_blocks=len({k.split(".")[4] for k in state if k.startswith("encoder.down.0.block.")}),
+        using_sa=any(k.startswith(f"encoder.down.{last}.attn.") for k in state),
+        using_mid_sa="encoder.mid.attn_1.qkv.weight" in state,
+        z_channels=state["quant_conv.weight"].shape[0], vocab_size=state["quantize.embedding.weight"].shape[0],
+        scales=tuple(scales), share_phi=share_phi)
+
+
 def load_authors_checkpoint(path: str | Path, scales: tuple[int, ...] | None = None) -> VQVAE:
-    """The authors' released tokenizer (`vae_ch160v4096z32.pth`) as a frozen `VQVAE(TokenizerConfig.paper(scales))`."""
+    """The authors' released tokenizer (`vae_ch160v4096z32.pth`) as a frozen VQVAE, its configuration read off the
+    state dict (`config_from_state_dict`; the released file gives `TokenizerConfig.paper()`), for `scales` (default:
+    the paper's 256 px schedule)."""
     path = Path(path)
     if not path.is_file():
         raise ArtifactError(f"{path}: no such file; download vae_ch160v4096z32.pth from the authors' Hugging Face "
@@ -484,13 +507,13 @@ def load_authors_checkpoint(path: str | Path, scales: tuple[int, ...] | None = N
     if not isinstance(state, dict) or "quantize.embedding.weight" not in state:
         raise ArtifactError(f"{path}: not a VQVAE state dict (no 'quantize.embedding.weight' key); pass the authors' "
                             "vae_ch160v4096z32.pth")
-    cfg = TokenizerConfig.paper() if scales is None else TokenizerConfig.paper(scales)
-    vae = VQVAE(cfg)
     try:
+        cfg = config_from_state_dict(state, scales or TokenizerConfig.paper().scales)
+        vae = VQVAE(cfg)
         vae.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        raise ArtifactError(f"{path}: does not match TokenizerConfig.paper() ({e})") from e
-    log.info("loaded the authors' tokenizer from %s", path)
+    except (KeyError, RuntimeError, ValueError) as e:
+        raise ArtifactError(f"{path}: not a VQVAE state dict in the authors' layout ({e})") from e
+    log.info("loaded the authors' tokenizer from %s (%s)", path, cfg)
     return frozen(vae)
 
 

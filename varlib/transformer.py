@@ -25,6 +25,8 @@ import torch.nn.functional as F
 
 from .artifacts import ArtifactError, load_file
 from .config import VARConfig
+from .tokenizer import VQVAE
+from .tokenizer import load_authors_checkpoint as load_tokenizer_checkpoint
 
 LOG_MAX_ATTN_SCALE = math.log(100.0)  # clamp of the learnable attention temperature (authors' value)
 
@@ -431,3 +433,19 @@ def load_authors_checkpoint(path: str | Path, scales: tuple[int, ...] | None = N
     except RuntimeError as e:
         raise ArtifactError(f"{path}: does not load into VAR({cfg}) ({e})") from e
     return model.eval()
+
+
+AUTHORS_VAE_FILE = "vae_ch160v4096z32.pth"
+
+
+def load_authors_models(folder: str | Path, depth: int = 16) -> tuple[VAR, VQVAE]:
+    """The authors' released pair from one folder: `var_d{depth}.pth` and `vae_ch160v4096z32.pth` (the names of
+    their Hugging Face files), the tokenizer built for the transformer's scale schedule; both in eval mode on the
+    CPU."""
+    folder = Path(folder)
+    model = load_authors_checkpoint(folder / f"var_d{depth}.pth")
+    vae = load_tokenizer_checkpoint(folder / AUTHORS_VAE_FILE, scales=model.scales)
+    if vae.vocab_size != model.cfg.vocab_size or vae.Cvae != model.cfg.z_channels:
+        raise ArtifactError(f"{folder}: the tokenizer (V={vae.vocab_size}, Cvae={vae.Cvae}) does not match "
+                            f"var_d{depth}.pth (V={model.cfg.vocab_size}, Cvae={model.cfg.z_channels})")
+    return model, vae
