@@ -178,18 +178,18 @@ def train_tokenizer(data_cfg: DataConfig, tok_cfg: TokenizerConfig, train_cfg: T
     stopping_early = end < train_cfg.steps
     gan_from = int(train_cfg.gan_start * train_cfg.steps) if train_cfg.gan_weight > 0 else math.inf
     bar = tqdm(range(start, end), initial=start, total=train_cfg.steps, desc="tokenizer", disable=not progress)
-    pending: list[dict] = []  # recent steps' losses as device tensors, read in one batch every 10 steps
+    pending: list[tuple[int, dict, int]] = []  # (step, its losses as device tensors, restarted): read every 10 steps
 
     def flush() -> None:
         if pending:
-            values = torch.cat([torch.stack(list(row.values())) for row in pending]).tolist()
-            for row in pending:
+            values = torch.stack([v for _, row, _ in pending for v in row.values()]).tolist()
+            for step_, row, restarted_ in pending:
                 vals, values = values[:len(row)], values[len(row):]
-                history.append({**dict(zip(row, vals, strict=True)), "step": int(vals[0]), "restarted": int(vals[-1])})
+                history.append({"step": step_, **dict(zip(row, vals, strict=True)), "restarted": restarted_})
             pending.clear()
 
     for step in bar:
-        idx = batch_indices(step, train_cfg.batch_size, len(images_u8), train_cfg.seed).to(device)
+        idx = batch_indices(step, train_cfg.batch_size, len(images_u8), train_cfg.seed).to(device, non_blocking=True)
         x = images_u8[idx].float().div(127.5).sub(1.0)
         if step == 0:  # data-dependent codebook init: every code starts as a residual that the quantizer sees
             restart_from_batch(vae, x, torch.ones_like(hits_V, dtype=torch.bool), seeded_generator(train_cfg.seed, 2))
@@ -200,9 +200,7 @@ def train_tokenizer(data_cfg: DataConfig, tok_cfg: TokenizerConfig, train_cfg: T
         if train_cfg.restart_dead_codes_every and (step + 1) % train_cfg.restart_dead_codes_every == 0:
             restarted = restart_from_batch(vae, x, hits_V == 0, seeded_generator(train_cfg.seed, 1, step))
             hits_V.zero_()
-        pending.append({"step": torch.tensor(float(step), device=device), **losses,
-                        "usage": (step_hits_V > 0).float().mean(),
-                        "restarted": torch.tensor(float(restarted), device=device)})
+        pending.append((step, {**losses, "usage": (step_hits_V > 0).float().mean()}, restarted))
         if step % 10 == 0:
             flush()
             last = history[-1]
