@@ -41,13 +41,11 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 from make_var_fixture import authors_var, import_authors_models  # noqa: E402
 
-from varlib.config import README_SAMPLING, SampleConfig, TokenizerConfig, VARConfig  # noqa: E402
+from varlib.config import PAPER_SCALES_256, README_SAMPLING, SampleConfig, TokenizerConfig, VARConfig  # noqa: E402
 from varlib.report import provenance, write_provenance  # noqa: E402
 from varlib.sampling import batch_generator, best_time, sample_ar, sample_var  # noqa: E402
 from varlib.tokenizer import VQVAE  # noqa: E402
 from varlib.transformer import VAR, ARTransformer, teacher_forcing_input  # noqa: E402
-
-PAPER_SCALES = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,7 +72,7 @@ class Setup:
 
 
 def paper_setup(args) -> Setup:
-    return Setup(device=torch.device(args.device), tokenizer=TokenizerConfig.paper(PAPER_SCALES), num_classes=1000,
+    return Setup(device=torch.device(args.device), tokenizer=TokenizerConfig.paper(PAPER_SCALES_256), num_classes=1000,
                  depths=tuple(args.depths), batches=tuple(args.batches), repeats=args.repeats,
                  sampling=README_SAMPLING, dist_samples=args.dist_samples, dist_batch=64, ar_batch=args.batches[0])
 

@@ -24,16 +24,13 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench_train import sync, time_steps  # noqa: E402 -- the same timer as the training benchmark
+
 from varlib.config import get_profile  # noqa: E402
 from varlib.data import load_split  # noqa: E402
 from varlib.report import provenance, write_provenance  # noqa: E402
 from varlib.tokenizer import VQVAE  # noqa: E402
 from varlib.tokenizer_train import PatchDiscriminator, TokenizerStep  # noqa: E402
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def make_step(prof, compile: bool, channels_last: bool, device: torch.device):
@@ -45,18 +42,6 @@ def make_step(prof, compile: bool, channels_last: bool, device: torch.device):
     images = load_split(prof.data, "train").images_u8[:prof.tokenizer_train.batch_size].to(device)
     x = images.float().div(127.5).sub(1.0).contiguous(memory_format=fmt)
     return step, x
-
-
-def time_step(step, x, use_gan: bool, device: torch.device, warmup: int, steps: int) -> dict:
-    t0 = time.perf_counter()
-    for _ in range(warmup):
-        step(x, use_gan)
-    sync(device)
-    t1 = time.perf_counter()
-    for _ in range(steps):
-        step(x, use_gan)
-    sync(device)
-    return dict(s_per_step=(time.perf_counter() - t1) / steps, warmup_s=t1 - t0)
 
 
 def profile_table(step, x, device: torch.device, steps: int) -> str:
@@ -90,7 +75,8 @@ def main() -> None:
         step, x = make_step(prof, compile, channels_last, device)
         for use_gan in (False, True):
             try:
-                rec = time_step(step, x, use_gan, device, args.warmup, args.steps)
+                run = lambda step=step, x=x, use_gan=use_gan: step(x, use_gan)  # noqa: E731
+                rec = time_steps(run, device, args.warmup, args.steps)
             except Exception as e:  # a failing variant (compiler, memory) is recorded; the others still run
                 rec = dict(error=f"{type(e).__name__}: {e}"[:1000])
             rows.append(dict(variant=name, gan=use_gan, **rec))

@@ -31,14 +31,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from varlib.config import TokenizerConfig, TrainConfig, VARConfig, get_profile
+from varlib.config import PAPER_SCALES_256, TokenizerConfig, TrainConfig, VARConfig, get_profile
 from varlib.report import provenance, write_provenance
 from varlib.tokenizer import VQVAE, split_scales
 from varlib.train import TrainStep, autocast, evaluate
 from varlib.transformer import build_model
 
 PEAK_FLOPS = 989e12
-PAPER_SCALES = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
 
 
 def flops_per_token(depth: int, vocab_size: int, z_channels: int, num_tokens: int, mlp_ratio: float = 4.0) -> float:
@@ -165,7 +164,7 @@ def throughput(args) -> dict:
     if args.quick:
         scales, depth, V, batch, num_classes, ch = (1, 2, 3, 4), 2, 64, 8, 10, 32
     else:
-        scales, depth, V, batch, num_classes, ch = PAPER_SCALES, args.depth, 4096, args.batch or 96, 1000, 160
+        scales, depth, V, batch, num_classes, ch = PAPER_SCALES_256, args.depth, 4096, args.batch or 96, 1000, 160
     tok_cfg = dataclasses.replace(TokenizerConfig.paper(scales), vocab_size=V, ch=ch)
     var_cfg = VARConfig(depth=depth, num_classes=num_classes, vocab_size=V, z_channels=tok_cfg.z_channels,
                         scales=scales)

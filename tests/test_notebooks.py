@@ -42,9 +42,9 @@ def test_zero_shot_notebook_runs_on_authors_checkpoints(tmp_path):
     import torch
     from PIL import Image
 
-    from varlib.config import TokenizerConfig, VARConfig
+    from varlib.config import PAPER_SCALES_256, TokenizerConfig, VARConfig
     from varlib.tokenizer import VQVAE
-    from varlib.transformer import AUTHORS_VAE_FILE, PAPER_SCALES_256, VAR
+    from varlib.transformer import AUTHORS_VAE_FILE, VAR
 
     tok = TokenizerConfig(in_channels=3, ch=16, ch_mult=(1, 2), num_res_blocks=1, vocab_size=64,
                           scales=PAPER_SCALES_256)

@@ -11,6 +11,9 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+PAPER_SCALES_256 = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)  # the paper's scale schedules (token-map sides)
+PAPER_SCALES_512 = (1, 2, 3, 4, 6, 9, 13, 18, 24, 32)
+
 
 @dataclass(frozen=True)
 class DataConfig:
@@ -56,7 +59,7 @@ class TokenizerConfig:
         return sum(pn * pn for pn in self.scales)
 
     @classmethod
-    def paper(cls, scales: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)) -> TokenizerConfig:
+    def paper(cls, scales: tuple[int, ...] = PAPER_SCALES_256) -> TokenizerConfig:
         return cls(
             in_channels=3, ch=160, ch_mult=(1, 1, 2, 2, 4), num_res_blocks=2, z_channels=32, vocab_size=4096,
             scales=scales, share_phi=4,

@@ -24,7 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .artifacts import ArtifactError, load_file
-from .config import VARConfig
+from .config import PAPER_SCALES_256, PAPER_SCALES_512, VARConfig
 from .tokenizer import VQVAE
 from .tokenizer import load_authors_checkpoint as load_tokenizer_checkpoint
 
@@ -398,10 +398,6 @@ def teacher_forcing_input(vae, idx_Bl: list[torch.Tensor]) -> torch.Tensor:
     if len(idx_Bl) > 1:
         return vae.idxBl_to_var_input(idx_Bl)
     return vae.quantize.embedding(idx_Bl[0][:, :-1]).float()
-
-
-PAPER_SCALES_256 = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
-PAPER_SCALES_512 = (1, 2, 3, 4, 6, 9, 13, 18, 24, 32)
 
 
 def load_authors_checkpoint(path: str | Path, scales: tuple[int, ...] | None = None) -> VAR:
