@@ -338,13 +338,22 @@ def train_model(var_cfg: VARConfig, train_cfg: TrainConfig, vae: nn.Module, toke
     return model.eval(), pd.DataFrame(rows)
 
 
+def model_spec(var_cfg: VARConfig, train_cfg: TrainConfig, data_cfg: DataConfig, tok_cfg: TokenizerConfig,
+               tok_train_cfg: TokenizerTrainConfig) -> dict:
+    """What determines a trained transformer: its artifact key's spec. `TrainConfig.compile` is left out: like the
+    device, it changes how the step runs, not what it computes (the compiled step equals the eager one within bf16
+    rounding, tests/test_train.py), so a model trained either way serves both."""
+    return dict(var=var_cfg, train=dataclasses.replace(train_cfg, compile=False), data=data_cfg,
+                tokenizer=tokenizer_key(data_cfg, tok_cfg, tok_train_cfg))
+
+
 def get_model(var_cfg: VARConfig, train_cfg: TrainConfig, data_cfg: DataConfig, tok_cfg: TokenizerConfig,
               tok_train_cfg: TokenizerTrainConfig, device: torch.device | str,
               progress: bool = True) -> tuple[nn.Module, pd.DataFrame]:
     """The trained transformer for these configs and its history, trained on first use and cached (kind "var").
     An interrupted training run resumes from its last evaluation. For the AR baseline (one scale) pass a tokenizer
     config with scales=(h,)."""
-    spec = dict(var=var_cfg, train=train_cfg, data=data_cfg, tokenizer=tokenizer_key(data_cfg, tok_cfg, tok_train_cfg))
+    spec = model_spec(var_cfg, train_cfg, data_cfg, tok_cfg, tok_train_cfg)
     resume = TrainState("var", spec)
 
     def build() -> dict:
