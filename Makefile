@@ -31,7 +31,7 @@ scaling: $(VENV)/.installed data
 	$(PM) notebooks/04_scaling.ipynb $(VENV)/out-04_scaling.ipynb
 
 test: $(VENV)/.installed data
-	$(PY) -m ruff check varlib tests benchmarks
+	$(PY) -m ruff check varlib tests benchmarks scripts
 	$(PY) -m pytest -q
 
 reproduce: $(VENV)/.installed data
@@ -41,7 +41,7 @@ lab: $(VENV)/.installed data
 	$(VENV)/bin/jupyter lab notebooks/
 
 lint: $(VENV)/.installed
-	$(PY) -m ruff check varlib tests benchmarks
+	$(PY) -m ruff check varlib tests benchmarks scripts
 
 clean-cache:
 	rm -rf "$${VARLIB_CACHE:-$$HOME/.cache/varlib}"

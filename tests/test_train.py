@@ -131,22 +131,31 @@ def test_evaluate_measures_the_last_scale_on_its_own_tokens(tokens):
 @pytest.mark.skipif(not hasattr(build_model(VAR_CFG), "features"),
                     reason="the chunked path needs the transformer's forward split as features() + logits()")
 def test_chunked_head_and_cross_entropy_match_the_plain_path(tokens):
-    vae, tokens_train, _ = tokens
     torch.manual_seed(0)
     model = build_model(dataclasses.replace(VAR_CFG, cond_drop_rate=0.0)).eval()
+    plain, chunked = (loss_and_grads(tokens, model, train.TokenLoss(model, label_smoothing=0.1, chunk=chunk))
+                      for chunk in (0, 16))
+    assert_same(plain, chunked)
+
+
+def loss_and_grads(tokens, model, net):
+    """Per-token cross-entropy, predictions and parameter gradients of `net` (a TokenLoss over `model`) on 8 fixed
+    training sequences."""
+    vae, tokens_train, _ = tokens
     idx_BL, label_B = tokens_train["idx"][:8].long(), tokens_train["labels"][:8]
     x_BLCv = teacher_forcing_input(vae, split_scales(idx_BL, TOK.scales))
-    results = []
-    for chunk in (0, 16):
-        model.zero_grad()
-        ce_BL, pred_BL = train.TokenLoss(model, label_smoothing=0.1, chunk=chunk)(label_B, x_BLCv, idx_BL)
-        ce_BL.mean().backward()
-        results.append((ce_BL.detach(), pred_BL, [p.grad.clone() for p in model.parameters()]))
-    (ce_a, pred_a, grads_a), (ce_b, pred_b, grads_b) = results
-    torch.testing.assert_close(ce_a, ce_b)
+    model.zero_grad()
+    ce_BL, pred_BL = net(label_B, x_BLCv, idx_BL)
+    ce_BL.mean().backward()
+    return ce_BL.detach(), pred_BL, [p.grad.clone() for p in model.parameters()]
+
+
+def assert_same(a, b, **tolerance):
+    (ce_a, pred_a, grads_a), (ce_b, pred_b, grads_b) = a, b
+    torch.testing.assert_close(ce_a, ce_b, **tolerance)
     assert torch.equal(pred_a, pred_b)
     for g_a, g_b in zip(grads_a, grads_b, strict=True):
-        torch.testing.assert_close(g_a, g_b)
+        torch.testing.assert_close(g_a, g_b, **tolerance)
 
 
 def test_lr_schedule_is_the_authors_lin0_shape():
@@ -193,3 +202,15 @@ def test_get_model_is_cached(tokens, caplog):
     assert history.equals(history_again)
     for p, q in zip(model.parameters(), again.parameters(), strict=True):
         assert torch.equal(p, q)
+
+
+def test_compiled_step_equals_the_eager_step_and_shares_its_artifact(tokens):
+    torch.manual_seed(0)
+    model = build_model(dataclasses.replace(VAR_CFG, cond_drop_rate=0.0)).eval()
+    eager, compiled = (loss_and_grads(tokens, model, net) for net in (train.TokenLoss(model),
+                                                                       torch.compile(train.TokenLoss(model))))
+    assert_same(eager, compiled, rtol=1e-3, atol=1e-5)
+    # so a model trained either way is one artifact
+    specs = [train.model_spec(VAR_CFG, dataclasses.replace(TRAIN, compile=c), DATA, TOK, TOK_TRAIN)
+             for c in (False, True)]
+    assert specs[0] == specs[1]

@@ -211,8 +211,8 @@ def _quick() -> Profile:
 def _full() -> Profile:
     # Sized so that the seven notebooks run in two holds of one H100 (30 minutes each, every hold starting from an
     # empty cache): the tokenizer (ch=96, 5000 steps of 256: 7 min, PSNR 26.8 dB) is trained in each, beside the AR
-    # baseline's tokenizer and the classifier (scripts/run_study.sh warms the three in parallel). Eager, these small
-    # transformers are bound by elementwise memory traffic (d4: 45 ms a step for 1.8 TFLOP); compiled, they fuse it.
+    # baseline's tokenizer and the classifier (scripts/run_study.sh warms the three in parallel). Compiled, d6 trained
+    # in 122 s against 178 s eager, compile included, to the same final loss (2.916); the AR-d6, 77 s against 86 s.
     tok = TokenizerConfig(ch=96, ch_mult=(1, 2, 2), num_res_blocks=2, vocab_size=1024)
     return Profile(
         name="full",
