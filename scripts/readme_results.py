@@ -130,19 +130,21 @@ def zero_shot() -> str:
             f"{100 * edit:.1f}% of its edits take the new class).\n")
 
 
+def sampler_bench(name: str) -> pd.DataFrame:
+    """The rows of one benchmarks/bench_sampler.py run under results/bench_sampler/, with images per second."""
+    rows = pd.DataFrame(json.loads((ROOT / "results/bench_sampler" / name).read_text())["rows"])
+    return rows.assign(images_per_s=rows.batch / rows.seconds)
+
+
 def speed() -> str:
     t = table("07_speed", "var_vs_ar")
     steps = t.pivot(index="grid", columns="model", values="steps").add_suffix(" steps")
     wide = t.drop_duplicates("grid")[["grid", "speedup_VAR_over_AR", "paper_speedup"]].merge(steps.reset_index())
     at16 = wide[wide.grid == 16]
     ok = bool(len(at16)) and bool(at16.speedup_VAR_over_AR.iloc[0] >= 0.75 * at16.paper_speedup.iloc[0])
-    bench = json.loads((ROOT / "results/bench_sampler/bench_sampler_eager.json").read_text())
-    rows = pd.DataFrame(bench["rows"])
-    rows["images_per_s"] = rows.batch / rows.seconds
-    wide_b = rows.pivot_table(index=["depth", "batch"], columns="impl", values="images_per_s").reset_index()
-    compiled = pd.DataFrame(json.loads((ROOT / "results/bench_sampler/compile_d16/bench_sampler_compile.json")
-                                       .read_text())["rows"])
-    compiled["images_per_s"] = compiled.batch / compiled.seconds
+    eager = sampler_bench("bench_sampler_eager.json")
+    wide_b = eager.pivot_table(index=["depth", "batch"], columns="impl", values="images_per_s").reset_index()
+    compiled = sampler_bench("compile_d16/bench_sampler_compile.json")
     return (f"### Speed (Sec. 1, 4: ~20x over raster AR)\n\nOurs ({source('07_speed')}; grid = the side n of the "
             f"final n x n token map; random weights, same depth, same batch):\n\n{md(wide)}\n\n"
             f"Figure: {figure('07_speed', 'var_vs_ar')}. Verdict: {verdict(ok)} (rule: at the paper's 16x16 grid "

@@ -209,9 +209,10 @@ def _quick() -> Profile:
 
 
 def _full() -> Profile:
-    # Sized so that the seven notebooks run in two holds of one H100 (30 minutes each, every hold starting from an
-    # empty cache): the tokenizer (ch=96, 5000 steps of 256: 7 min, PSNR 26.8 dB) is trained in each, beside the AR
-    # baseline's tokenizer and the classifier (scripts/run_study.sh warms the three in parallel). Compiled, d6 trained
+    # Sized for holds of one H100 of at most 30 minutes, each starting from an empty cache, so each retrains the
+    # tokenizer (ch=96, 5000 steps of 256: 7 min, PSNR 26.8 dB) beside the AR baseline's tokenizer and the classifier
+    # (scripts/run_study.sh warms the three in parallel: 10.3 min). 01, 02, 04 and 06 ran in one hold (30.5 min),
+    # 07 and 05 in another; 03 (four d6 variants, AR-d6 and d10) needs one of its own. Compiled, d6 trained
     # in 122 s against 178 s eager, compile included, to the same final loss (2.916); the AR-d6, 77 s against 86 s.
     tok = TokenizerConfig(ch=96, ch_mult=(1, 2, 2), num_res_blocks=2, vocab_size=1024)
     return Profile(

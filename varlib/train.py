@@ -341,7 +341,7 @@ def train_model(var_cfg: VARConfig, train_cfg: TrainConfig, vae: nn.Module, toke
 def model_spec(var_cfg: VARConfig, train_cfg: TrainConfig, data_cfg: DataConfig, tok_cfg: TokenizerConfig,
                tok_train_cfg: TokenizerTrainConfig) -> dict:
     """What determines a trained transformer: its artifact key's spec. `TrainConfig.compile` is left out: like the
-    device, it changes how the step runs, not what it computes (the compiled step equals the eager one within bf16
+    device, it changes how the step runs, not what it computes (the compiled step equals the eager one within float
     rounding, tests/test_train.py), so a model trained either way serves both."""
     return dict(var=var_cfg, train=dataclasses.replace(train_cfg, compile=False), data=data_cfg,
                 tokenizer=tokenizer_key(data_cfg, tok_cfg, tok_train_cfg))
