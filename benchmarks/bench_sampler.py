@@ -38,12 +38,14 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from bench_train import profile_table  # noqa: E402
 from make_var_fixture import authors_var, import_authors_models  # noqa: E402
 
 from varlib.config import PAPER_SCALES_256, README_SAMPLING, SampleConfig, TokenizerConfig, VARConfig  # noqa: E402
 from varlib.report import provenance, write_provenance  # noqa: E402
-from varlib.sampling import batch_generator, best_time, sample_ar, sample_var  # noqa: E402
+from varlib.sampling import batch_generator, best_time, decode_images, sample_ar, sample_var  # noqa: E402
 from varlib.tokenizer import VQVAE  # noqa: E402
 from varlib.transformer import VAR, ARTransformer, teacher_forcing_input  # noqa: E402
 
@@ -60,6 +62,13 @@ class Setup:
     dist_samples: int
     dist_batch: int
     ar_batch: int
+    profile_dir: Path | None = None
+
+    def profile(self, fn, name: str) -> None:
+        """With a profile folder: the profiler table of one call of `fn`, written to <folder>/<name>.txt."""
+        if self.profile_dir is not None:
+            self.profile_dir.mkdir(parents=True, exist_ok=True)
+            (self.profile_dir / f"{name}.txt").write_text(profile_table(fn, self.device, calls=1, rows=40))
 
     def var_config(self, depth: int, scales: tuple[int, ...] | None = None) -> VARConfig:
         return VARConfig(depth=depth, num_classes=self.num_classes, vocab_size=self.tokenizer.vocab_size,
@@ -74,13 +83,15 @@ class Setup:
 def paper_setup(args) -> Setup:
     return Setup(device=torch.device(args.device), tokenizer=TokenizerConfig.paper(PAPER_SCALES_256), num_classes=1000,
                  depths=tuple(args.depths), batches=tuple(args.batches), repeats=args.repeats,
-                 sampling=README_SAMPLING, dist_samples=args.dist_samples, dist_batch=64, ar_batch=args.batches[0])
+                 sampling=README_SAMPLING, dist_samples=args.dist_samples, dist_batch=64, ar_batch=args.batches[0],
+                 profile_dir=args.profile_dir)
 
 
 def quick_setup(args) -> Setup:
     tok = dataclasses.replace(TokenizerConfig.paper((1, 2, 3, 4)), ch=32, vocab_size=64)  # GroupNorm needs ch % 32
     return Setup(device=torch.device("cpu"), tokenizer=tok, num_classes=10, depths=(2,), batches=(2,), repeats=1,
-                 sampling=SampleConfig(cfg=1.5, top_k=32, top_p=0.96), dist_samples=8, dist_batch=4, ar_batch=2)
+                 sampling=SampleConfig(cfg=1.5, top_k=32, top_p=0.96), dist_samples=8, dist_batch=4, ar_batch=2,
+                 profile_dir=args.profile_dir)
 
 
 # ----------------------------------------------------------------------------------------------- models
@@ -177,7 +188,23 @@ def bench_ours(setup: Setup, model: VAR, vae: VQVAE, batch: int, compile: bool) 
         tokens_only = measure(lambda: run(decode=False), setup.device, setup.repeats)
         row["transformer_and_sampling_s"] = tokens_only.get("seconds")
         row["host_syncs_per_call"] = len(host_syncs(lambda: run(decode=False), setup.device))
+        setup.profile(run, f"varlib_d{model.cfg.depth}_b{batch}{'_compile' if compile else ''}")
     return row
+
+
+def bench_decoder(setup: Setup, vae: VQVAE, batch: int, compile: bool) -> list[dict]:
+    """The VQVAE decoder alone (f_hat -> images) in both activation layouts, under varlib's autocast."""
+    rows = []
+    f_hat = torch.randn(batch, vae.Cvae, setup.tokenizer.scales[-1], setup.tokenizer.scales[-1], device=setup.device)
+    for channels_last in (False, True):
+        def run(channels_last=channels_last):
+            with torch.no_grad(), autocast(setup.device, setup.amp[0]):
+                decode_images(vae, f_hat, compile=compile, channels_last=channels_last)
+
+        rows.append({"batch": batch, "compile": compile, "channels_last": channels_last,
+                     **measure(run, setup.device, setup.repeats)})
+        print(f"decoder B={batch} compile={compile} channels_last={channels_last}: {rows[-1]}", flush=True)
+    return rows
 
 
 def bench_theirs(setup: Setup, theirs, batch: int) -> dict:
@@ -189,7 +216,10 @@ def bench_theirs(setup: Setup, theirs, batch: int) -> dict:
             return theirs.autoregressive_infer_cfg(B=batch, label_B=labels, g_seed=0, cfg=sc.cfg, top_k=sc.top_k,
                                                    top_p=sc.top_p, more_smooth=False)
 
-    return measure(run, setup.device, setup.repeats)
+    row = measure(run, setup.device, setup.repeats)
+    if "seconds" in row:
+        setup.profile(run, f"authors_d{theirs.depth}_b{batch}")
+    return row
 
 
 # ----------------------------------------------------------------------------------------------- distributions
@@ -283,6 +313,8 @@ def main() -> None:
     parser.add_argument("--dist-samples", type=int, default=512, help="samples per sampler for the token check")
     parser.add_argument("--compile", action="store_true", help="torch.compile varlib's step and decoder")
     parser.add_argument("--ar-compare", action="store_true", help="only the VAR vs raster-AR timing")
+    parser.add_argument("--decoder", action="store_true", help="also time the decoder alone in both layouts")
+    parser.add_argument("--profile-dir", type=Path, help="write a profiler table of one call per timed row here")
     parser.add_argument("--quick", action="store_true", help="tiny models on the CPU (smoke test)")
     args = parser.parse_args()
     started = time.perf_counter()
@@ -297,8 +329,11 @@ def main() -> None:
 
     if not args.ar_compare or args.quick:
         vae = build_vae(setup.tokenizer, setup.device)
+        if args.decoder:
+            result["decoder"] = bench_decoder(setup, vae, setup.batches[0], args.compile)
         print(f"{'impl':8} {'depth':>5} {'params':>8} {'batch':>5} {'img/s':>8} {'tokens s':>9} {'total s':>8}")
         for di, depth in enumerate(setup.depths):
+            torch._dynamo.reset()  # each depth compiles its own graphs: keep them under the recompile limit
             ours = build_ours(setup, depth)
             if models is not None and di == 0:
                 theirs = build_theirs(models, setup, depth, ours.state_dict(), vae)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import gc
 import json
 import sys
@@ -24,7 +25,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench_train import sync, time_steps  # noqa: E402 -- the same timer as the training benchmark
+from bench_train import profile_table, time_steps  # noqa: E402 -- the training benchmark's helpers
 
 from varlib.config import get_profile  # noqa: E402
 from varlib.data import load_split  # noqa: E402
@@ -42,17 +43,6 @@ def make_step(prof, compile: bool, channels_last: bool, device: torch.device):
     images = load_split(prof.data, "train").images_u8[:prof.tokenizer_train.batch_size].to(device)
     x = images.float().div(127.5).sub(1.0).contiguous(memory_format=fmt)
     return step, x
-
-
-def profile_table(step, x, device: torch.device, steps: int) -> str:
-    acts = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA]
-                                                    if device.type == "cuda" else [])
-    with torch.profiler.profile(activities=acts) as p:
-        for _ in range(steps):
-            step(x, False)
-        sync(device)
-    key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
-    return p.key_averages().table(sort_by=key, row_limit=20)
 
 
 def main() -> None:
@@ -82,7 +72,7 @@ def main() -> None:
             rows.append(dict(variant=name, gan=use_gan, **rec))
             print(rows[-1], flush=True)
         if name == "eager" and args.profile_steps:
-            print(profile_table(step, x, device, args.profile_steps), flush=True)
+            print(profile_table(functools.partial(step, x, False), device, args.profile_steps, rows=20), flush=True)
         del step, x
         gc.collect()
         torch._dynamo.reset()

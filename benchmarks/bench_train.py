@@ -38,6 +38,8 @@ from varlib.train import TrainStep, autocast, evaluate
 from varlib.transformer import build_model
 
 PEAK_FLOPS = 989e12
+VARLIB_VARIANTS = ["varlib eager", "varlib eager + chunked CE", "varlib compile", "varlib compile + chunked CE"]
+AUTHORS_VARIANTS = ["authors as released", "authors compile"]
 
 
 def flops_per_token(depth: int, vocab_size: int, z_channels: int, num_tokens: int, mlp_ratio: float = 4.0) -> float:
@@ -70,6 +72,20 @@ def time_steps(step, device: torch.device, warmup: int, steps: int) -> dict:
     if device.type == "cuda":
         out["peak_mem_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
     return out
+
+
+def profile_table(fn, device: torch.device, calls: int = 1, rows: int = 30) -> str:
+    """torch.profiler's table of the operators and kernels of `calls` calls of `fn`, by self device time (CUDA) or
+    self CPU time: where the time of a step goes."""
+    acts = [torch.profiler.ProfilerActivity.CPU]
+    if device.type == "cuda":
+        acts.append(torch.profiler.ProfilerActivity.CUDA)
+    with torch.profiler.profile(activities=acts) as prof:
+        for _ in range(calls):
+            fn()
+        sync(device)
+    key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    return prof.key_averages().table(sort_by=key, row_limit=rows, max_name_column_width=90)
 
 
 def random_batch(var_cfg: VARConfig, batch: int, device: torch.device, seed: int = 0):
@@ -136,12 +152,16 @@ def authors_variant(models, var_cfg: VARConfig, tok_cfg: TokenizerConfig, train_
 
 
 def run_variant(name: str, make, device: torch.device, tokens_per_step: int, flops_token: float, warmup: int,
-                steps: int) -> dict:
+                steps: int, profile_dir: Path | None = None) -> dict:
+    """Times one variant; with `profile_dir`, also writes the profiler table of two of its steps there."""
     print(f"== {name}", flush=True)
     try:
         step, model = make()
         rec = time_steps(step, device, warmup, steps)
         rec["params"] = sum(p.numel() for p in model.parameters())
+        if profile_dir is not None:
+            profile_dir.mkdir(parents=True, exist_ok=True)
+            (profile_dir / f"{name.replace(' ', '_')}.txt").write_text(profile_table(step, device, calls=2))
         del step, model
     except Exception as e:  # a failing variant (compiler, out of memory) is recorded, the others still run
         rec = dict(error=f"{type(e).__name__}: {e}"[:2000])
@@ -173,18 +193,24 @@ def throughput(args) -> dict:
     tokens_per_step, flops_token = batch * L, flops_per_token(depth, V, var_cfg.z_channels, L)
     print(f"d{depth}, {len(scales)} scales, L={L}, V={V}, batch {batch}, {device}: {flops_token / 1e9:.3f} GFLOP/token")
     common = dict(device=device, tokens_per_step=tokens_per_step, flops_token=flops_token, warmup=args.warmup,
-                  steps=args.steps)
+                  steps=args.steps, profile_dir=Path(args.profile_dir) if args.profile_dir else None)
+    chosen = set(args.variants.split(","))
+    unknown = chosen - set(VARLIB_VARIANTS) - set(AUTHORS_VARIANTS)
+    if unknown:
+        raise SystemExit(f"unknown --variants {sorted(unknown)}; choose from {VARLIB_VARIANTS + AUTHORS_VARIANTS}")
     results = []
-    for name, compile, chunk in [("varlib eager", False, 0), ("varlib eager + chunked CE", False, 128),
-                                 ("varlib compile", True, 0), ("varlib compile + chunked CE", True, 128)]:
-        cfg = dataclasses.replace(train_cfg, compile=compile)
-        results.append(run_variant(name, lambda cfg=cfg, chunk=chunk: varlib_variant(
-            var_cfg, tok_cfg, cfg, batch, device, chunk), **common))
-    if args.authors_dir is not None:
+    for name in VARLIB_VARIANTS:
+        if name in chosen:
+            cfg = dataclasses.replace(train_cfg, compile="compile" in name)
+            chunk = 128 if "chunked" in name else 0
+            results.append(run_variant(name, lambda cfg=cfg, chunk=chunk: varlib_variant(
+                var_cfg, tok_cfg, cfg, batch, device, chunk), **common))
+    if args.authors_dir is not None and chosen & set(AUTHORS_VARIANTS):
         models = load_authors(Path(args.authors_dir), device)
-        for name, compile in [("authors as released", False), ("authors compile", True)]:
-            results.append(run_variant(name, lambda compile=compile: authors_variant(
-                models, var_cfg, tok_cfg, train_cfg, batch, device, compile), **common))
+        for name in AUTHORS_VARIANTS:
+            if name in chosen:
+                results.append(run_variant(name, lambda compile="compile" in name: authors_variant(
+                    models, var_cfg, tok_cfg, train_cfg, batch, device, compile), **common))
     return dict(config=dict(depth=depth, scales=scales, num_tokens=L, vocab_size=V, batch=batch,
                             flops_per_token=flops_token, peak_flops=PEAK_FLOPS), results=results)
 
@@ -231,6 +257,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, help="default: 96 (GPU), the profile's (--cpu-profile)")
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--variants", default=",".join(VARLIB_VARIANTS + AUTHORS_VARIANTS),
+                        help="comma-separated names of the variants to run")
+    parser.add_argument("--profile-dir", help="write a profiler table of each variant's step here")
     parser.add_argument("--quick", action="store_true", help="a tiny model, two timed steps (CPU smoke test)")
     parser.add_argument("--cpu-profile", help="instead: time the training of every depth of this profile on the CPU")
     parser.add_argument("--train-steps", type=int, help="--cpu-profile: project this many steps, one evaluation")

@@ -73,6 +73,15 @@ def test_cached_sampler_equals_reference_sampler(var_pair, sc):
     assert img_a.shape == (6, 1, 8, 8) and img_a.abs().max() <= 1
 
 
+def test_compiled_sampler_equals_eager_sampler(var_pair):
+    """compile=True (one compiled graph set shared by the blocks, compiled decoder) draws the same tokens."""
+    model, vae = var_pair
+    idx_a, img_a = sample_var(model, vae, LABELS, SC, gen(), compile=True)
+    idx_b, img_b = sample_var(model, vae, LABELS, SC, gen())
+    assert same_tokens(idx_a, idx_b)
+    torch.testing.assert_close(img_a, img_b, rtol=1e-4, atol=1e-4)
+
+
 def test_cfg_zero_is_unguided_and_cfg_uses_the_null_class(var_pair):
     model, vae = var_pair
     other = VAR(model.cfg).eval()

@@ -8,7 +8,19 @@ from helpers import randomised
 
 from varlib.config import TokenizerConfig, VARConfig
 from varlib.tokenizer import VQVAE
-from varlib.transformer import VAR, ARTransformer, KVCache, build_model, teacher_forcing_input
+from varlib.transformer import (
+    VAR,
+    ARTransformer,
+    AttnMask,
+    KVCache,
+    block_causal_bias,
+    build_model,
+    mask_groups,
+    mask_plan,
+    masked_sdpa,
+    reference_attention,
+    teacher_forcing_input,
+)
 
 FIXTURE = Path(__file__).parent / "fixtures" / "var_compat.pt"
 SCALES = (1, 2, 3, 4)
@@ -53,14 +65,37 @@ def test_ar_mask_is_causal():
     assert torch.equal(dep, torch.ones(L, L - 1, dtype=torch.bool).tril(-1))
 
 
-@pytest.mark.parametrize("kw", [dict(), dict(attn_l2_norm=False), dict(adaln=False), dict(shared_aln=True)])
+SPLIT_SCALES = (1, 2, 8, 9)  # the last two scales (64 and 81 tokens) get their own unmasked attention calls
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(attn_l2_norm=False), dict(adaln=False), dict(shared_aln=True),
+                                dict(scales=SPLIT_SCALES), dict(scales=(5,))])
 def test_sdpa_equals_reference_attention(kw):
-    fast = randomised(VAR(tiny(**kw), sdpa=True))
-    slow = VAR(tiny(**kw), sdpa=False).eval()
+    fast = randomised(build_model(tiny(**kw), sdpa=True))
+    slow = build_model(tiny(**kw), sdpa=False).eval()
     slow.load_state_dict(fast.state_dict(), strict=True)
     label_B, x = torch.tensor([0, 4, 5]), torch.randn(3, fast.L - 1, 8)
     with torch.no_grad():
         torch.testing.assert_close(fast(label_B, x), slow(label_B, x), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(fast(label_B, x[:, :70]), slow(label_B, x[:, :70]), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("sizes", [[pn * pn for pn in SPLIT_SCALES], [64, 81], [1] * 20])
+def test_masked_sdpa_equals_the_dense_mask_with_gradients(sizes):
+    """The fused path (dense prefix + one unmasked call per large scale, or flash's causal mask) computes the same
+    attention and the same gradients as softmax with the additive bias, also over a prefix."""
+    bias = block_causal_bias(mask_groups(sizes))
+    mask = AttnMask(bias, *mask_plan(sizes))
+    assert mask.causal == (len(sizes) == 20) and (mask.causal or len(mask.groups) == 2)
+    for length in (sum(sizes), sum(sizes) - 3, 5):
+        q, k, v = (torch.randn(2, 3, length, 8, requires_grad=True) for _ in range(3))
+        fast = masked_sdpa(q, k, v, mask.prefix(length), scale=0.3)
+        grads_fast = torch.autograd.grad(fast.square().sum(), (q, k, v))
+        ref = reference_attention(q, k, v, bias[:, :, :length, :length], scale=0.3)
+        grads_ref = torch.autograd.grad(ref.square().sum(), (q, k, v))
+        torch.testing.assert_close(fast, ref, rtol=1e-5, atol=1e-5)
+        for a, b in zip(grads_fast, grads_ref, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("kind", ["var", "ar"])

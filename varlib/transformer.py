@@ -18,6 +18,7 @@ from __future__ import annotations
 import itertools
 import math
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import torch.nn as nn
@@ -77,6 +78,47 @@ def block_causal_bias(group_L: torch.Tensor) -> torch.Tensor:
     return torch.where(g >= g.T, 0.0, -torch.inf).view(1, 1, len(group_L), len(group_L))
 
 
+SPLIT_MIN_TOKENS = 64  # a trailing scale of at least this many tokens gets its own unmasked attention call
+
+
+class AttnMask(NamedTuple):
+    """The teacher-forcing mask of a forward over L tokens: its definition and how the fused path computes it.
+
+    `bias_11LL` is the additive mask (0: visible, -inf: hidden); the reference path adds it to the scores. The fused
+    path never applies it to all L x L: with `causal` (the AR baseline) it is flash attention's causal mask;
+    otherwise the first `dense` tokens attend under the bias, and the queries of each later group (begin, end) -- a
+    whole scale of >= SPLIT_MIN_TOKENS tokens -- see exactly the keys [0, end), which is an unmasked call. At 256 px
+    that computes 289k of the 462k query-key pairs, in flash kernels that read no bias.
+    """
+
+    bias_11LL: torch.Tensor
+    causal: bool
+    dense: int
+    groups: tuple[tuple[int, int], ...]
+
+    def prefix(self, length: int) -> AttnMask:
+        """The same mask over the first `length` tokens (a teacher-forcing forward over a prefix)."""
+        groups = tuple((b, min(e, length)) for b, e in self.groups if b < length)
+        return AttnMask(self.bias_11LL[:, :, :length, :length], self.causal, min(self.dense, length), groups)
+
+
+def mask_groups(sizes: list[int]) -> torch.Tensor:
+    """group_L for consecutive groups of these sizes: 0 for the first sizes[0] tokens, 1 for the next, ..."""
+    return torch.cat([torch.full((n,), i) for i, n in enumerate(sizes)])
+
+
+def mask_plan(sizes: list[int]) -> tuple[bool, int, tuple[tuple[int, int], ...]]:
+    """AttnMask's (causal, dense, groups) for `block_causal_bias(mask_groups(sizes))`: groups are scales, or
+    single positions (then the mask is causal)."""
+    if max(sizes) == 1:
+        return True, 0, ()
+    bounds = list(itertools.accumulate(sizes, initial=0))
+    first = len(sizes)
+    while first > 0 and sizes[first - 1] >= SPLIT_MIN_TOKENS:
+        first -= 1
+    return False, bounds[first], tuple(itertools.pairwise(bounds[first:]))
+
+
 def reference_attention(q_BHLc, k_BHLc, v_BHLc, attn_bias, scale: float) -> torch.Tensor:
     """Plain softmax(q k^T * scale + bias) v, the definition the fused SDPA path is tested against."""
     scores = (q_BHLc.float() * scale) @ k_BHLc.float().transpose(-2, -1)
@@ -85,10 +127,23 @@ def reference_attention(q_BHLc, k_BHLc, v_BHLc, attn_bias, scale: float) -> torc
     return (scores.softmax(dim=-1) @ v_BHLc.float()).to(v_BHLc.dtype)
 
 
+def masked_sdpa(q_BHLc, k_BHLc, v_BHLc, mask: AttnMask, scale: float) -> torch.Tensor:
+    """Fused attention under `mask` (see AttnMask), equal to `reference_attention` with its bias."""
+    sdpa = F.scaled_dot_product_attention
+    if mask.causal:
+        return sdpa(q_BHLc, k_BHLc, v_BHLc, is_causal=True, scale=scale)
+    d = mask.dense
+    out = [sdpa(q_BHLc[:, :, :d], k_BHLc[:, :, :d], v_BHLc[:, :, :d],
+                attn_mask=mask.bias_11LL[:, :, :d, :d].to(q_BHLc.dtype), scale=scale)] if d else []
+    out += [sdpa(q_BHLc[:, :, b:e], k_BHLc[:, :, :e], v_BHLc[:, :, :e], scale=scale) for b, e in mask.groups]
+    return torch.cat(out, dim=2) if len(out) > 1 else out[0]
+
+
 class SelfAttention(nn.Module):
     """Multi-head self-attention with q/v biases (no k bias) and optional L2-normalised q, k (VAR's "attn-norm").
 
-    `sdpa` selects F.scaled_dot_product_attention (fast) or `reference_attention` (plain softmax); they agree.
+    `sdpa` selects F.scaled_dot_product_attention (fast; `masked_sdpa` under a mask) or `reference_attention`
+    (plain softmax); they agree.
     """
 
     def __init__(self, width: int, num_heads: int, attn_l2_norm: bool, sdpa: bool = True):
@@ -107,8 +162,8 @@ class SelfAttention(nn.Module):
         self.register_buffer("zero_k_bias", torch.zeros(width))  # persistent: it is in the authors' checkpoints
         self.proj = nn.Linear(width, width)
 
-    def forward(self, x_BLC: torch.Tensor, attn_bias: torch.Tensor | None,
-                cache: KVCache | None = None) -> torch.Tensor:
+    def forward(self, x_BLC: torch.Tensor, mask: AttnMask | None, cache: KVCache | None = None) -> torch.Tensor:
+        """`mask` None: every token sees every key (a cached inference step over one whole scale)."""
         B, L, C = x_BLC.shape
         qkv_bias = torch.cat((self.q_bias, self.zero_k_bias, self.v_bias))
         qkv = F.linear(x_BLC, self.mat_qkv.weight, qkv_bias).view(B, L, 3, self.num_heads, self.head_dim)
@@ -121,12 +176,13 @@ class SelfAttention(nn.Module):
             k_BHLc = F.normalize(k_BHLc, dim=-1).to(v_BHLc.dtype)
         if cache is not None:
             k_BHLc, v_BHLc = cache.update(k_BHLc, v_BHLc)
-        if attn_bias is not None:
-            attn_bias = attn_bias.to(q_BHLc.dtype)
-        if self.sdpa:
-            out_BHLc = F.scaled_dot_product_attention(q_BHLc, k_BHLc, v_BHLc, attn_mask=attn_bias, scale=self.scale)
+        if not self.sdpa:
+            bias = None if mask is None else mask.bias_11LL.to(q_BHLc.dtype)
+            out_BHLc = reference_attention(q_BHLc, k_BHLc, v_BHLc, bias, self.scale)
+        elif mask is None:
+            out_BHLc = F.scaled_dot_product_attention(q_BHLc, k_BHLc, v_BHLc, scale=self.scale)
         else:
-            out_BHLc = reference_attention(q_BHLc, k_BHLc, v_BHLc, attn_bias, self.scale)
+            out_BHLc = masked_sdpa(q_BHLc, k_BHLc, v_BHLc, mask, self.scale)
         return self.proj(out_BHLc.transpose(1, 2).reshape(B, L, C))
 
 
@@ -143,7 +199,7 @@ class FFN(nn.Module):
 
 def drop_path(x_BLC: torch.Tensor, p: float, training: bool) -> torch.Tensor:
     """Stochastic depth (Huang et al. 2016): drop the whole residual branch per sample, rescale the kept ones."""
-    if p == 0.0 or not training:
+    if not training or p == 0.0:
         return x_BLC
     keep_B11 = x_BLC.new_empty(x_BLC.shape[0], 1, 1).bernoulli_(1.0 - p)
     return x_BLC * keep_B11 / (1.0 - p)
@@ -172,19 +228,19 @@ class Block(nn.Module):
         else:
             self.ada_lin = nn.Sequential(nn.SiLU(), nn.Linear(C, 6 * C))
 
-    def forward(self, x_BLC: torch.Tensor, cond: torch.Tensor | None, attn_bias: torch.Tensor | None,
+    def forward(self, x_BLC: torch.Tensor, cond: torch.Tensor | None, mask: AttnMask | None,
                 cache: KVCache | None = None) -> torch.Tensor:
         """`cond`: the class embedding (B, C); with shared AdaLN the shared projection (B, 1, 6, C); unused
         without AdaLN."""
         if not self.adaln:
-            x_BLC = x_BLC + drop_path(self.attn(self.norm1(x_BLC), attn_bias, cache), self.drop_path_p, self.training)
+            x_BLC = x_BLC + drop_path(self.attn(self.norm1(x_BLC), mask, cache), self.drop_path_p, self.training)
             return x_BLC + drop_path(self.ffn(self.norm2(x_BLC)), self.drop_path_p, self.training)
         if self.shared_aln:
             ada_B16C = self.ada_gss + cond
         else:
             ada_B16C = self.ada_lin(cond).view(-1, 1, 6, x_BLC.shape[-1])
         gamma1, gamma2, scale1, scale2, shift1, shift2 = ada_B16C.to(x_BLC.dtype).unbind(2)
-        attn_out = self.attn(self.ln_wo_grad(x_BLC) * (1 + scale1) + shift1, attn_bias, cache)
+        attn_out = self.attn(self.ln_wo_grad(x_BLC) * (1 + scale1) + shift1, mask, cache)
         x_BLC = x_BLC + drop_path(attn_out * gamma1, self.drop_path_p, self.training)
         ffn_out = self.ffn(self.ln_wo_grad(x_BLC) * (1 + scale2) + shift2)
         return x_BLC + drop_path(ffn_out * gamma2, self.drop_path_p, self.training)
@@ -203,6 +259,12 @@ class AdaLNBeforeHead(nn.Module):
         return self.ln_wo_grad(h_BLC) * (1 + scale) + shift
 
 
+def cached_block(block: Block, x_BlC: torch.Tensor, cond: torch.Tensor | None, cache: KVCache) -> torch.Tensor:
+    """One block of a cached inference step. Compiled once (torch.compile of this function), it serves every block
+    of a model, since they differ only in their weights (regional compilation: depth times less compile work)."""
+    return block(x_BlC, cond, None, cache)
+
+
 def compute_dtype(device: torch.device) -> torch.dtype:
     """The residual stream's dtype: the autocast dtype when autocast is on (as the authors), else float32."""
     return torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else torch.float32
@@ -215,7 +277,7 @@ class _TokenTransformer(nn.Module):
     the start token(s): class embedding + pos_start. `attn_bias_for_masking` is the additive attention mask.
     """
 
-    def __init__(self, cfg: VARConfig, lvl_L: torch.Tensor, mask_group_L: torch.Tensor, first_l: int, sdpa: bool):
+    def __init__(self, cfg: VARConfig, lvl_L: torch.Tensor, mask_sizes: list[int], first_l: int, sdpa: bool):
         super().__init__()
         C, L = cfg.width, len(lvl_L)
         self.cfg, self.L, self.first_l, self.C = cfg, L, first_l, C
@@ -237,7 +299,8 @@ class _TokenTransformer(nn.Module):
         rates = torch.linspace(0, cfg.drop_path, cfg.depth, device="cpu").tolist()  # stochastic depth, increasing
         self.blocks = nn.ModuleList(Block(cfg, p, sdpa) for p in rates)
         self.register_buffer("lvl_1L", lvl_L.view(1, L).long())
-        self.register_buffer("attn_bias_for_masking", block_causal_bias(mask_group_L).contiguous())
+        self.register_buffer("attn_bias_for_masking", block_causal_bias(mask_groups(mask_sizes)).contiguous())
+        self.mask_plan = mask_plan(mask_sizes)
         self.head_nm = AdaLNBeforeHead(C, cfg.norm_eps) if cfg.adaln else nn.LayerNorm(C, eps=cfg.norm_eps)
         self.head = nn.Linear(C, cfg.vocab_size)
         self.init_weights()
@@ -324,18 +387,20 @@ class _TokenTransformer(nn.Module):
         x_BLC = torch.cat((self.start_tokens(cond_BD), self.embed_inputs(x_BLCv_wo_first_l, self.first_l)), dim=1)
         x_BLC = x_BLC.to(compute_dtype(x_BLC.device))
         cond = self.block_condition(cond_BD)
-        attn_bias = self.attn_bias_for_masking[:, :, :L_in, :L_in]
+        mask = AttnMask(self.attn_bias_for_masking, *self.mask_plan).prefix(L_in)
         for block in self.blocks:
-            x_BLC = block(x_BLC, cond, attn_bias)
+            x_BLC = block(x_BLC, cond, mask)
         return x_BLC, cond_BD
 
-    def step(self, x_BlC: torch.Tensor, cond_BD: torch.Tensor, caches: list[KVCache]) -> torch.Tensor:
+    def step(self, x_BlC: torch.Tensor, cond_BD: torch.Tensor, caches: list[KVCache],
+             run_block=cached_block) -> torch.Tensor:
         """One cached inference step over the next l tokens (already embedded): logits (B, l, V). The tokens see
-        the cached earlier steps and each other, so a step must be a whole scale (VAR) or one token (AR)."""
+        the cached earlier steps and each other, so a step must be a whole scale (VAR) or one token (AR).
+        `run_block` runs one block: `cached_block`, or the same function through torch.compile."""
         x_BlC = x_BlC.to(compute_dtype(x_BlC.device))
         cond = self.block_condition(cond_BD)
         for block, cache in zip(self.blocks, caches, strict=True):
-            x_BlC = block(x_BlC, cond, None, cache)
+            x_BlC = run_block(block, x_BlC, cond, cache)
         return self.logits(x_BlC, cond_BD)
 
     def new_caches(self, last_step_tokens: int) -> list[KVCache]:
@@ -365,8 +430,8 @@ class VAR(_TokenTransformer):
         if len(cfg.scales) < 2:
             raise ValueError(f"VAR needs at least two scales, got scales={cfg.scales}; use ARTransformer (or "
                              f"build_model) for a single token map")
-        scale_L = torch.cat([torch.full((pn * pn,), si) for si, pn in enumerate(cfg.scales)])
-        super().__init__(cfg, scale_L, scale_L, cfg.scales[0] ** 2, sdpa)
+        sizes = [pn * pn for pn in cfg.scales]
+        super().__init__(cfg, mask_groups(sizes), sizes, sizes[0], sdpa)
         self.scales = cfg.scales
         bounds = list(itertools.accumulate((pn * pn for pn in cfg.scales), initial=0))
         self.begin_ends = list(itertools.pairwise(bounds))  # token range of each scale
@@ -380,7 +445,7 @@ class ARTransformer(_TokenTransformer):
         if len(cfg.scales) != 1:
             raise ValueError(f"ARTransformer models one token map: scales must be (h,), got {cfg.scales}")
         L = cfg.scales[0] ** 2
-        super().__init__(cfg, torch.zeros(L, dtype=torch.long), torch.arange(L), 1, sdpa)
+        super().__init__(cfg, torch.zeros(L, dtype=torch.long), [1] * L, 1, sdpa)
         self.scales = cfg.scales
 
 
