@@ -63,14 +63,17 @@ def tokenizer() -> str:
 
 def ablation() -> str:
     t = table("03_ablation", "ablation")
-    falls = bool(t.FID.diff().dropna().lt(0).all())
+    falls_s = t.FID.diff().iloc[1:].lt(0)
+    rose = ", ".join(t.row.iloc[1:][~falls_s.to_numpy()])
     rows = t[["row", "model", "params", "FID", "paper_FID", "cost", "paper_cost"]].rename(
         columns={"FID": "FID (ours)", "paper_FID": "FID (paper)", "cost": "cost (ours)", "paper_cost": "cost (paper)"})
     full = run_dir("03_ablation").name != "quick"
     return (f"### Ablation (Table 3)\n\nOurs ({source('03_ablation')}); paper: ImageNet 256, FID-50k on Inception "
             f"features; ours: FID on the Fashion-MNIST classifier's features; cost = sampling time per image "
             f"relative to the AR row:\n\n{md(rows)}\n\nFigure: {figure('03_ablation', 'ablation')}. Verdict: "
-            f"{verdict(falls and full, falls)} (rule: FID falls at every row"
+            f"{verdict(bool(falls_s.all()) and full, bool(falls_s.mean() >= 0.5))} (rule: FID falls at every row; "
+            f"partly where it falls at half of them or more; here it falls at {int(falls_s.sum())} of "
+            f"{len(falls_s)}{', and rises at ' + rose if rose else ''}"
             f"{'' if full else '; only the quick profile has run, so at most partly'}).\n")
 
 
@@ -136,6 +139,10 @@ def sampler_bench(name: str) -> pd.DataFrame:
     return rows.assign(images_per_s=rows.batch / rows.seconds)
 
 
+def commit_of(folder: str) -> str:
+    return json.loads((ROOT / folder / "provenance.json").read_text())["git_sha"][:7]
+
+
 def speed() -> str:
     t = table("07_speed", "var_vs_ar")
     steps = t.pivot(index="grid", columns="model", values="steps").add_suffix(" steps")
@@ -144,18 +151,55 @@ def speed() -> str:
     ok = bool(len(at16)) and bool(at16.speedup_VAR_over_AR.iloc[0] >= 0.75 * at16.paper_speedup.iloc[0])
     eager = sampler_bench("bench_sampler_eager.json")
     wide_b = eager.pivot_table(index=["depth", "batch"], columns="impl", values="images_per_s").reset_index()
-    compiled = sampler_bench("compile_d16/bench_sampler_compile.json")
     return (f"### Speed (Sec. 1, 4: ~20x over raster AR)\n\nOurs ({source('07_speed')}; grid = the side n of the "
             f"final n x n token map; random weights, same depth, same batch):\n\n{md(wide)}\n\n"
             f"Figure: {figure('07_speed', 'var_vs_ar')}. Verdict: {verdict(ok)} (rule: at the paper's 16x16 grid "
             f"VAR is at least 0.75 x 20 times faster than AR).\n\nvarlib's sampler against the authors' "
             f"`autoregressive_infer_cfg` (`results/bench_sampler/`, one H100, 256 px, random weights, images/s; "
-            f"nan: out of memory), eager:\n\n{md(wide_b)}\n\ncompiled, d16: "
-            + ", ".join(f"B={r.batch} {r.images_per_s:.1f} img/s" for r in compiled.itertuples()) + ".\n")
+            f"nan: out of memory), eager (commit {commit_of('results/bench_sampler')}):\n\n{md(wide_b)}\n")
+
+
+def engineering() -> str:
+    """The speed targets of the training and sampler benchmarks (not paper claims): met or not, as measured."""
+    train = pd.DataFrame(json.loads((ROOT / "results/bench_train/bench_train.json").read_text())["results"])
+    train = train.set_index("name")
+    mfu = train.loc["varlib compile", "mfu"]
+    vs_compiled = train.loc["varlib compile", "tokens_per_s"] / train.loc["authors compile", "tokens_per_s"]
+    vs_released = train.loc["varlib compile", "tokens_per_s"] / train.loc["authors as released", "tokens_per_s"]
+    dense = pd.DataFrame(json.loads((ROOT / "results/bench_train/dense_mask/bench_train.json").read_text())["results"])
+    dense_mfu = dense.set_index("name").loc["varlib compile", "mfu"]
+    shown = train.reset_index()[["name", "s_per_step", "tokens_per_s", "mfu", "peak_mem_gb", "warmup_s"]]
+    run = json.loads((ROOT / "results/bench_sampler/regional_compile/bench_sampler_compile.json").read_text())
+    rows = sampler_bench("regional_compile/bench_sampler_compile.json")
+    samp = rows.pivot_table(index=["depth", "batch"], columns="impl", values="images_per_s").reset_index()
+    samp["varlib / authors"] = samp.varlib / samp.authors
+    ratio = samp.set_index(["depth", "batch"])["varlib / authors"]
+    d30_256 = rows[(rows.impl == "varlib") & (rows.depth == 30) & (rows.batch == 256)]
+    fits = bool(len(d30_256)) and "seconds" in d30_256 and bool(d30_256.seconds.notna().all())
+    whole = sampler_bench("compile_d16/bench_sampler_compile.json").iloc[0]
+    dist = run["distribution"]
+    met = lambda ok: "met" if ok else "not met"  # noqa: E731
+    return (f"### Engineering targets (issue benchmarks, not paper claims)\n\n"
+            f"Training throughput, d16 at 256 px (680 tokens, V = 4096), batch 96, bf16, one H100, varlib's step "
+            f"and the authors' in the same call (`results/bench_train/`, commit {commit_of('results/bench_train')}; "
+            f"profiler tables in `profiles/`):\n\n{md(shown)}\n\nTarget 50% MFU: **{met(mfu >= 0.5)}** "
+            f"({100 * mfu:.1f}%; {100 * dense_mfu:.1f}% before the block-causal attention was split into flash "
+            f"calls); {vs_compiled:.2f}x the authors' code under torch.compile (target 1.4x) and {vs_released:.2f}x "
+            f"as released (target 2.7x).\n\nSampler throughput, labels to decoded 256 px images, cfg 1.5, top-k "
+            f"900, top-p 0.96, varlib compiled (bf16) against the authors' sampler (fp16), same weights, same call "
+            f"(`results/bench_sampler/regional_compile/`, commit "
+            f"{commit_of('results/bench_sampler/regional_compile')}; images/s):\n\n{md(samp)}\n\n"
+            f"Targets: 3x at d16, B=64: **{met(ratio.get((16, 64), 0) >= 3)}** ({ratio.get((16, 64), 0):.2f}x); "
+            f"2.5x at d30, B=64: **{met(ratio.get((30, 64), 0) >= 2.5)}** ({ratio.get((30, 64), 0):.2f}x); d30 at "
+            f"B=256 within 80 GB: **{met(fits)}**; same token distribution: per-scale log-likelihoods of "
+            f"{dist['samples']} samples per sampler agree "
+            f"within {max(abs(z) for z in dist['z_per_scale']):.1f} standard errors (rule: 4). The whole step "
+            f"compiled as one graph reached {whole.images_per_s:.1f} img/s at d16, B=64 "
+            f"(`results/bench_sampler/compile_d16/`), at minutes of compilation per depth.\n")
 
 
 def section() -> str:
-    parts = [tokenizer(), ablation(), quality(), scaling(), zero_shot(), speed()]
+    parts = [tokenizer(), ablation(), quality(), scaling(), zero_shot(), speed(), engineering()]
     return "\n".join([BEGIN, "", *parts, END])
 
 
