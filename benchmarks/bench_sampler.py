@@ -193,18 +193,16 @@ def bench_ours(setup: Setup, model: VAR, vae: VQVAE, batch: int, compile: bool) 
 
 
 def bench_decoder(setup: Setup, vae: VQVAE, batch: int, compile: bool) -> list[dict]:
-    """The VQVAE decoder alone (f_hat -> images) in both activation layouts, under varlib's autocast."""
-    rows = []
+    """The VQVAE decoder alone (f_hat -> images) under varlib's autocast: its share of a sampling call."""
     f_hat = torch.randn(batch, vae.Cvae, setup.tokenizer.scales[-1], setup.tokenizer.scales[-1], device=setup.device)
-    for channels_last in (False, True):
-        def run(channels_last=channels_last):
-            with torch.no_grad(), autocast(setup.device, setup.amp[0]):
-                decode_images(vae, f_hat, compile=compile, channels_last=channels_last)
 
-        rows.append({"batch": batch, "compile": compile, "channels_last": channels_last,
-                     **measure(run, setup.device, setup.repeats)})
-        print(f"decoder B={batch} compile={compile} channels_last={channels_last}: {rows[-1]}", flush=True)
-    return rows
+    def run():
+        with torch.no_grad(), autocast(setup.device, setup.amp[0]):
+            decode_images(vae, f_hat, compile=compile)
+
+    row = {"batch": batch, "compile": compile, **measure(run, setup.device, setup.repeats)}
+    print(f"decoder alone: {row}", flush=True)
+    return [row]
 
 
 def bench_theirs(setup: Setup, theirs, batch: int) -> dict:
@@ -313,7 +311,7 @@ def main() -> None:
     parser.add_argument("--dist-samples", type=int, default=512, help="samples per sampler for the token check")
     parser.add_argument("--compile", action="store_true", help="torch.compile varlib's step and decoder")
     parser.add_argument("--ar-compare", action="store_true", help="only the VAR vs raster-AR timing")
-    parser.add_argument("--decoder", action="store_true", help="also time the decoder alone in both layouts")
+    parser.add_argument("--decoder", action="store_true", help="also time the decoder alone")
     parser.add_argument("--profile-dir", type=Path, help="write a profiler table of one call per timed row here")
     parser.add_argument("--quick", action="store_true", help="tiny models on the CPU (smoke test)")
     args = parser.parse_args()

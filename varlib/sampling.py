@@ -211,14 +211,12 @@ def _var_loop(model: VAR, vae, labels_B: torch.Tensor, sample_cfg: SampleConfig,
 DECODE_CHUNK = 32  # images per decoder call: at 256 px a decoder activation is 5 GB per 256 images
 
 
-def decode_images(vae, f_hat: torch.Tensor, compile: bool = False, channels_last: bool = True) -> torch.Tensor:
+def decode_images(vae, f_hat: torch.Tensor, compile: bool = False) -> torch.Tensor:
     """f_hat -> float32 images in [-1, 1], `DECODE_CHUNK` at a time (the same images as one call, in a bounded
-    footprint); the decoder may run in bf16 under autocast. `channels_last` runs its convolutions on NHWC
-    activations, the layout tensor-core kernels read without transposes (False: NCHW, the reference layout)."""
+    footprint); the decoder may run in bf16 under autocast. (Channels-last activations were measured: no faster on
+    an H100, results/bench_sampler/regional_compile/.)"""
     decode = torch.compile(vae.fhat_to_img) if compile else vae.fhat_to_img
-    layout = torch.channels_last if channels_last else torch.contiguous_format
-    return torch.cat([decode(chunk.contiguous(memory_format=layout)).float().contiguous()
-                      for chunk in f_hat.split(DECODE_CHUNK)])
+    return torch.cat([decode(chunk).float() for chunk in f_hat.split(DECODE_CHUNK)])
 
 
 @torch.no_grad()
@@ -242,14 +240,13 @@ def sample_var(model: VAR, vae, labels_B, sample_cfg: SampleConfig, generator: t
 @torch.no_grad()
 def sample_var_reference(model: VAR, vae, labels_B, sample_cfg: SampleConfig,
                          generator: torch.Generator) -> tuple[list[torch.Tensor], torch.Tensor]:
-    """`sample_var` without the KV cache: a full block-causal forward over the prefix at every scale, and the decoder
-    in NCHW (slow, plain)."""
+    """`sample_var` without the KV cache: a full block-causal forward over the prefix at every scale (slow, plain)."""
     labels_B = _labels_on(model, labels_B)
     check_sampling_args(model, labels_B, sample_cfg)
     with _eval_mode(model, vae):
         steps = FullForwardSteps(model, _both_branches(labels_B, model.num_classes, sample_cfg.cfg > 0))
         idx_Bl, f_hat = _var_loop(model, vae, labels_B, sample_cfg, generator, steps)
-        return idx_Bl, decode_images(vae, f_hat, channels_last=False)
+        return idx_Bl, decode_images(vae, f_hat)
 
 
 # ----------------------------------------------------------------------------------------------- raster AR
