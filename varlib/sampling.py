@@ -225,7 +225,7 @@ def sample_var(model: VAR, vae, labels_B, sample_cfg: SampleConfig, generator: t
     """Class-conditional samples: (idx_Bl, a list of K (B, h_k * w_k) token maps; images (B, C, H, W) in [-1, 1],
     or None with decode=False). Label num_classes = unconditional. Wrap in torch.autocast for bf16/fp16.
 
-    compile=True: torch.compile the per-scale transformer step and the VQVAE decoder (GPU; the first call pays
+    compile=True: torch.compile the transformer blocks (see CachedSteps) and the VQVAE decoder (GPU; the first call pays
     for compilation)."""
     labels_B = _labels_on(model, labels_B)
     check_sampling_args(model, labels_B, sample_cfg)
