@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from bench_train import profile_table  # noqa: E402
+from bench_train import write_profile  # noqa: E402
 from make_var_fixture import authors_var, import_authors_models  # noqa: E402
 
 from varlib.config import PAPER_SCALES_256, README_SAMPLING, SampleConfig, TokenizerConfig, VARConfig  # noqa: E402
@@ -63,12 +63,6 @@ class Setup:
     dist_batch: int
     ar_batch: int
     profile_dir: Path | None = None
-
-    def profile(self, fn, name: str) -> None:
-        """With a profile folder: the profiler table of one call of `fn`, written to <folder>/<name>.txt."""
-        if self.profile_dir is not None:
-            self.profile_dir.mkdir(parents=True, exist_ok=True)
-            (self.profile_dir / f"{name}.txt").write_text(profile_table(fn, self.device, calls=1, rows=40))
 
     def var_config(self, depth: int, scales: tuple[int, ...] | None = None) -> VARConfig:
         return VARConfig(depth=depth, num_classes=self.num_classes, vocab_size=self.tokenizer.vocab_size,
@@ -188,11 +182,12 @@ def bench_ours(setup: Setup, model: VAR, vae: VQVAE, batch: int, compile: bool) 
         tokens_only = measure(lambda: run(decode=False), setup.device, setup.repeats)
         row["transformer_and_sampling_s"] = tokens_only.get("seconds")
         row["host_syncs_per_call"] = len(host_syncs(lambda: run(decode=False), setup.device))
-        setup.profile(run, f"varlib_d{model.cfg.depth}_b{batch}{'_compile' if compile else ''}")
+        write_profile(setup.profile_dir, f"varlib_d{model.cfg.depth}_b{batch}{'_compile' if compile else ''}", run,
+                      setup.device, calls=1, rows=40)
     return row
 
 
-def bench_decoder(setup: Setup, vae: VQVAE, batch: int, compile: bool) -> list[dict]:
+def bench_decoder(setup: Setup, vae: VQVAE, batch: int, compile: bool) -> dict:
     """The VQVAE decoder alone (f_hat -> images) under varlib's autocast: its share of a sampling call."""
     f_hat = torch.randn(batch, vae.Cvae, setup.tokenizer.scales[-1], setup.tokenizer.scales[-1], device=setup.device)
 
@@ -202,7 +197,7 @@ def bench_decoder(setup: Setup, vae: VQVAE, batch: int, compile: bool) -> list[d
 
     row = {"batch": batch, "compile": compile, **measure(run, setup.device, setup.repeats)}
     print(f"decoder alone: {row}", flush=True)
-    return [row]
+    return row
 
 
 def bench_theirs(setup: Setup, theirs, batch: int) -> dict:
@@ -216,7 +211,7 @@ def bench_theirs(setup: Setup, theirs, batch: int) -> dict:
 
     row = measure(run, setup.device, setup.repeats)
     if "seconds" in row:
-        setup.profile(run, f"authors_d{theirs.depth}_b{batch}")
+        write_profile(setup.profile_dir, f"authors_d{theirs.depth}_b{batch}", run, setup.device, calls=1, rows=40)
     return row
 
 

@@ -88,6 +88,13 @@ def profile_table(fn, device: torch.device, calls: int = 1, rows: int = 30) -> s
     return prof.key_averages().table(sort_by=key, row_limit=rows, max_name_column_width=90)
 
 
+def write_profile(folder: Path | None, name: str, fn, device: torch.device, calls: int, rows: int = 30) -> None:
+    """With a folder: `profile_table` of `calls` calls of `fn`, written to <folder>/<name>.txt; None: nothing."""
+    if folder is not None:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{name}.txt").write_text(profile_table(fn, device, calls, rows))
+
+
 def random_batch(var_cfg: VARConfig, batch: int, device: torch.device, seed: int = 0):
     gen = torch.Generator().manual_seed(seed)
     idx_BL = torch.randint(var_cfg.vocab_size, (batch, var_cfg.num_tokens), generator=gen).to(device)
@@ -159,9 +166,7 @@ def run_variant(name: str, make, device: torch.device, tokens_per_step: int, flo
         step, model = make()
         rec = time_steps(step, device, warmup, steps)
         rec["params"] = sum(p.numel() for p in model.parameters())
-        if profile_dir is not None:
-            profile_dir.mkdir(parents=True, exist_ok=True)
-            (profile_dir / f"{name.replace(' ', '_')}.txt").write_text(profile_table(step, device, calls=2))
+        write_profile(profile_dir, name.replace(" ", "_"), step, device, calls=2)
         del step, model
     except Exception as e:  # a failing variant (compiler, out of memory) is recorded, the others still run
         rec = dict(error=f"{type(e).__name__}: {e}"[:2000])

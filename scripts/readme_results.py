@@ -133,14 +133,19 @@ def zero_shot() -> str:
             f"{100 * edit:.1f}% of its edits take the new class).\n")
 
 
+def load(path: str) -> dict:
+    """A JSON file of the repo, by its path from the root."""
+    return json.loads((ROOT / path).read_text())
+
+
 def sampler_bench(name: str) -> pd.DataFrame:
     """The rows of one benchmarks/bench_sampler.py run under results/bench_sampler/, with images per second."""
-    rows = pd.DataFrame(json.loads((ROOT / "results/bench_sampler" / name).read_text())["rows"])
+    rows = pd.DataFrame(load(f"results/bench_sampler/{name}")["rows"])
     return rows.assign(images_per_s=rows.batch / rows.seconds)
 
 
 def commit_of(folder: str) -> str:
-    return json.loads((ROOT / folder / "provenance.json").read_text())["git_sha"][:7]
+    return load(f"{folder}/provenance.json")["git_sha"][:7]
 
 
 def speed() -> str:
@@ -161,15 +166,15 @@ def speed() -> str:
 
 def engineering() -> str:
     """The speed targets of the training and sampler benchmarks (not paper claims): met or not, as measured."""
-    train = pd.DataFrame(json.loads((ROOT / "results/bench_train/bench_train.json").read_text())["results"])
+    train = pd.DataFrame(load("results/bench_train/bench_train.json")["results"])
     train = train.set_index("name")
     mfu = train.loc["varlib compile", "mfu"]
     vs_compiled = train.loc["varlib compile", "tokens_per_s"] / train.loc["authors compile", "tokens_per_s"]
     vs_released = train.loc["varlib compile", "tokens_per_s"] / train.loc["authors as released", "tokens_per_s"]
-    dense = pd.DataFrame(json.loads((ROOT / "results/bench_train/dense_mask/bench_train.json").read_text())["results"])
+    dense = pd.DataFrame(load("results/bench_train/dense_mask/bench_train.json")["results"])
     dense_mfu = dense.set_index("name").loc["varlib compile", "mfu"]
     shown = train.reset_index()[["name", "s_per_step", "tokens_per_s", "mfu", "peak_mem_gb", "warmup_s"]]
-    run = json.loads((ROOT / "results/bench_sampler/regional_compile/bench_sampler_compile.json").read_text())
+    run = load("results/bench_sampler/regional_compile/bench_sampler_compile.json")
     rows = sampler_bench("regional_compile/bench_sampler_compile.json")
     samp = rows.pivot_table(index=["depth", "batch"], columns="impl", values="images_per_s").reset_index()
     samp["varlib / authors"] = samp.varlib / samp.authors

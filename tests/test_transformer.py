@@ -31,10 +31,6 @@ def tiny(scales=SCALES, **kw) -> VARConfig:
     return VARConfig(**{**dict(depth=2, head_dim=16, num_classes=5, vocab_size=32, z_channels=8, scales=scales), **kw})
 
 
-def scale_of(scales):
-    return torch.cat([torch.full((pn * pn,), si) for si, pn in enumerate(scales)])
-
-
 def input_dependence(model, L_in_minus_first: int, z: int) -> torch.Tensor:
     """dep[i, j] = whether logits of token i depend on input j (input j feeds token first_l + j)."""
     x = torch.randn(1, L_in_minus_first, z, requires_grad=True)
@@ -48,7 +44,7 @@ def input_dependence(model, L_in_minus_first: int, z: int) -> torch.Tensor:
 
 def test_var_mask_is_block_causal():
     model = randomised(VAR(tiny()))
-    s = scale_of(SCALES)
+    s = mask_groups([pn * pn for pn in SCALES])
     bias = model.attn_bias_for_masking[0, 0]
     assert torch.equal(bias == 0, s[:, None] >= s[None, :])
     dep = input_dependence(model, model.L - 1, 8)
