@@ -1,12 +1,14 @@
 """Sampler throughput: varlib's `sample_var` beside the authors' `autoregressive_infer_cfg`, and VAR vs. raster AR.
 
-    python benchmarks/bench_sampler.py --authors-dir .authors/VAR --out bench_sampler.json [--compile]
+    python benchmarks/bench_sampler.py --authors-dir .authors/VAR --out bench_sampler.json [--mode graphs]
     python benchmarks/bench_sampler.py --ar-compare --depths 16 --batches 64 --out ar_vs_var.json
     python benchmarks/bench_sampler.py --quick --out /tmp/bench_quick.json        # tiny CPU smoke run
 
 Images/s end to end: labels -> tokens -> decoded 256x256 images with the paper-size VQVAE (random weights, the same
 weights in both samplers), README settings (cfg 1.5, top-k 900, top-p 0.96), best of N timed runs after a warm-up.
-varlib runs under bf16 autocast, the authors' sampler under fp16 autocast as their demo does. Depths 16/20/24/30,
+varlib runs under bf16 autocast, the authors' sampler under fp16 autocast as their demo does. varlib's --mode: eager
+`sample_var`, `sample_var(compile=True)` (compiled blocks and decoder), or `VARSampler` (per-scale CUDA graphs of the
+compiled blocks, compiled decoder; captured in the warm-up call). Depths 16/20/24/30,
 batches 16/64/256; an out-of-memory at one size is recorded and the run goes on.
 
 Token-distribution check: both samplers draw tokens from the same weights (varlib's state dict loaded into the
@@ -45,7 +47,7 @@ from make_var_fixture import authors_var, import_authors_models  # noqa: E402
 
 from varlib.config import PAPER_SCALES_256, README_SAMPLING, SampleConfig, TokenizerConfig, VARConfig  # noqa: E402
 from varlib.report import provenance, write_provenance  # noqa: E402
-from varlib.sampling import batch_generator, best_time, decode_images, sample_ar, sample_var  # noqa: E402
+from varlib.sampling import VARSampler, batch_generator, best_time, decode_images, sample_ar, sample_var  # noqa: E402
 from varlib.tokenizer import VQVAE  # noqa: E402
 from varlib.transformer import VAR, ARTransformer, teacher_forcing_input  # noqa: E402
 
@@ -168,22 +170,30 @@ def labels_for(setup: Setup, n: int, seed: int) -> torch.Tensor:
     return torch.randint(setup.num_classes, (n,), generator=g).to(setup.device)
 
 
-def bench_ours(setup: Setup, model: VAR, vae: VQVAE, batch: int, compile: bool) -> dict:
+MODES = ("eager", "compile", "graphs")
+
+
+def bench_ours(setup: Setup, model: VAR, vae: VQVAE, batch: int, mode: str) -> dict:
     labels = labels_for(setup, batch, seed=batch)
     amp = setup.amp[0]
+    sampler = VARSampler(model, vae) if mode == "graphs" else None
 
     def run(decode=True):
+        gen = batch_generator(0, 0, setup.device)
         with autocast(setup.device, amp):
-            return sample_var(model, vae, labels, setup.sampling, batch_generator(0, 0, setup.device), decode=decode,
-                              compile=compile)
+            if sampler is not None:
+                return sampler(labels, setup.sampling, gen, decode=decode)
+            return sample_var(model, vae, labels, setup.sampling, gen, decode=decode, compile=mode == "compile")
 
     row = measure(run, setup.device, setup.repeats)
     if "seconds" in row:
         tokens_only = measure(lambda: run(decode=False), setup.device, setup.repeats)
         row["transformer_and_sampling_s"] = tokens_only.get("seconds")
         row["host_syncs_per_call"] = len(host_syncs(lambda: run(decode=False), setup.device))
-        write_profile(setup.profile_dir, f"varlib_d{model.cfg.depth}_b{batch}{'_compile' if compile else ''}", run,
-                      setup.device, calls=1, rows=40)
+        write_profile(setup.profile_dir, f"varlib_d{model.cfg.depth}_b{batch}_{mode}", run, setup.device, calls=1,
+                      rows=40)
+    if sampler is not None:
+        sampler.release()
     return row
 
 
@@ -262,7 +272,7 @@ def distribution_check(setup: Setup, ours: VAR, theirs, vae: VQVAE) -> dict:
 
 # ----------------------------------------------------------------------------------------------- VAR vs AR
 
-def ar_compare(setup: Setup, depth: int, compile: bool) -> dict:
+def ar_compare(setup: Setup, depth: int, mode: str) -> dict:
     """End-to-end time for one batch: VAR (all scales) vs raster AR (one token per step), same depth and grid."""
     last = setup.tokenizer.scales[-1]
     var_vae = build_vae(setup.tokenizer, setup.device)
@@ -272,10 +282,14 @@ def ar_compare(setup: Setup, depth: int, compile: bool) -> dict:
         ar = ARTransformer(setup.var_config(depth, scales=(last,))).eval().requires_grad_(False)
     labels = labels_for(setup, setup.ar_batch, seed=7)
     gen = batch_generator(0, 0, setup.device)
+    sampler = VARSampler(var, var_vae) if mode == "graphs" else None
 
     def run_var():
         with autocast(setup.device, setup.amp[0]):
-            sample_var(var, var_vae, labels, setup.sampling, gen, compile=compile)
+            if sampler is not None:
+                sampler(labels, setup.sampling, gen)
+            else:
+                sample_var(var, var_vae, labels, setup.sampling, gen, compile=mode == "compile")
 
     def run_ar():
         with autocast(setup.device, setup.amp[0]):
@@ -304,7 +318,8 @@ def main() -> None:
     parser.add_argument("--batches", type=int, nargs="+", default=[16, 64, 256])
     parser.add_argument("--repeats", type=int, default=5, help="best of N timed runs")
     parser.add_argument("--dist-samples", type=int, default=512, help="samples per sampler for the token check")
-    parser.add_argument("--compile", action="store_true", help="torch.compile varlib's step and decoder")
+    parser.add_argument("--mode", choices=MODES, default="eager",
+                        help="varlib's sampler: eager, compiled blocks and decoder, or CUDA graphs (VARSampler)")
     parser.add_argument("--ar-compare", action="store_true", help="only the VAR vs raster-AR timing")
     parser.add_argument("--decoder", action="store_true", help="also time the decoder alone")
     parser.add_argument("--profile-dir", type=Path, help="write a profiler table of one call per timed row here")
@@ -317,13 +332,13 @@ def main() -> None:
     models = import_authors_models(args.authors_dir) if args.authors_dir else None
     result = {"torch": torch.__version__, "python": platform.python_version(),
               "device": torch.cuda.get_device_name(setup.device) if setup.device.type == "cuda" else "cpu",
-              "sampling": dataclasses.asdict(setup.sampling), "compile": args.compile, "rows": []}
+              "sampling": dataclasses.asdict(setup.sampling), "mode": args.mode, "rows": []}
     print(f"device {result['device']}, torch {torch.__version__}, sampling {setup.sampling}")
 
     if not args.ar_compare or args.quick:
         vae = build_vae(setup.tokenizer, setup.device)
         if args.decoder:
-            result["decoder"] = bench_decoder(setup, vae, setup.batches[0], args.compile)
+            result["decoder"] = bench_decoder(setup, vae, setup.batches[0], args.mode != "eager")
         print(f"{'impl':8} {'depth':>5} {'params':>8} {'batch':>5} {'img/s':>8} {'tokens s':>9} {'total s':>8}")
         for di, depth in enumerate(setup.depths):
             torch._dynamo.reset()  # each depth compiles its own graphs: keep them under the recompile limit
@@ -337,7 +352,7 @@ def main() -> None:
             params = ours.num_params()
             for batch in setup.batches:
                 row = {"impl": "varlib", "depth": depth, "params": params, "batch": batch,
-                       **bench_ours(setup, ours, vae, batch, args.compile)}
+                       **bench_ours(setup, ours, vae, batch, args.mode)}
                 result["rows"].append(row)
                 print(f"{'varlib':8} {depth:5d} {params / 1e6:7.0f}M {batch:5d} {img_per_s(row, batch):>8} "
                       f"{row.get('transformer_and_sampling_s') or float('nan'):9.3f} "
@@ -356,7 +371,7 @@ def main() -> None:
             del theirs
 
     if args.ar_compare or args.quick:
-        cmp = ar_compare(setup, setup.depths[0], args.compile)
+        cmp = ar_compare(setup, setup.depths[0], args.mode)
         result["ar_compare"] = cmp
         print(f"VAR d{cmp['depth']} ({cmp['var_params'] / 1e6:.0f}M) vs raster AR ({cmp['ar_params'] / 1e6:.0f}M), "
               f"batch {cmp['batch']}, {cmp['grid']} tokens: VAR {img_per_s(cmp['var'], cmp['batch'])} img/s, "

@@ -1,5 +1,6 @@
 """Samplers: cache vs. no cache, guidance, top-k/top-p, seeds, zero-shot editing, argument checks, the benchmark."""
 
+import copy
 import os
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from helpers import randomised
 from varlib import sampling
 from varlib.config import SampleConfig, TokenizerConfig, VARConfig
 from varlib.sampling import (
+    VARSampler,
     box_mask,
     edit,
     edit_ar,
@@ -80,6 +82,28 @@ def test_compiled_sampler_equals_eager_sampler(var_pair):
     idx_b, img_b = sample_var(model, vae, LABELS, SC, gen())
     assert same_tokens(idx_a, idx_b)
     torch.testing.assert_close(img_a, img_b, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU (run on the device machine)")
+@pytest.mark.parametrize("amp", [None, torch.bfloat16])
+def test_graphed_sampler_equals_compiled_sampler(var_pair, amp):
+    """VARSampler replays per-scale CUDA graphs of the compiled blocks: the tokens and images of sample_var(compile=
+    True) (itself held equal to eager above), on the capturing call and on replays with new labels and guidance off."""
+    model, vae = (copy.deepcopy(m).cuda() for m in var_pair)
+    sampler = VARSampler(model, vae)
+    cuda_gen = lambda: torch.Generator(device="cuda").manual_seed(3)  # noqa: E731
+    for labels, sc in [(LABELS, SC), (LABELS.flip(0), SC), (LABELS, replace(SC, cfg=0.0))]:
+        with torch.autocast("cuda", dtype=amp or torch.float32, enabled=amp is not None):
+            idx_a, img_a = sampler(labels, sc, cuda_gen())
+            idx_b, img_b = sample_var(model, vae, labels, sc, cuda_gen(), compile=True)
+        assert same_tokens(idx_a, idx_b)
+        torch.testing.assert_close(img_a, img_b)
+    assert len(sampler.graphs) == 2  # guided (2B rows) and unguided (B rows), each captured once
+
+
+def test_graphed_sampler_needs_a_gpu(var_pair):
+    with pytest.raises(ValueError, match="CUDA graphs"):
+        VARSampler(*var_pair)
 
 
 def test_cfg_zero_is_unguided_and_cfg_uses_the_null_class(var_pair):
