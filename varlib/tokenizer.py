@@ -164,10 +164,14 @@ class Decoder(nn.Module):
         self.conv_out = nn.Conv2d(widths[0], cfg.in_channels, 3, padding=1)
 
     def forward(self, z_BChw: torch.Tensor) -> torch.Tensor:
+        return self.conv_out(self.trunk(z_BChw))
+
+    def trunk(self, z_BChw: torch.Tensor) -> torch.Tensor:
+        """Everything before `conv_out`: SiLU(norm_out(h)) of the last level."""
         h = self.mid(self.conv_in(z_BChw))
         for level in reversed(self.up):
             h = level.upsample(level(h))
-        return self.conv_out(F.silu(self.norm_out(h)))
+        return F.silu(self.norm_out(h))
 
 
 # ----------------------------------------------------------------------------------------------- phi_k (Sec. 3.2)
