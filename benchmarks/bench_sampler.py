@@ -141,9 +141,14 @@ def autocast(device: torch.device, dtype):
 
 
 def measure(fn, device: torch.device, repeats: int) -> dict:
-    """{"seconds": best time} or {"oom": True}; an out-of-memory is recorded, not fatal."""
+    """{"seconds": best time, "peak_reserved_gb": the allocator's peak} or {"oom": True}; an out-of-memory is
+    recorded, not fatal."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     try:
-        return {"seconds": best_time(fn, device, repeats)}
+        seconds = best_time(fn, device, repeats)
+        peak = torch.cuda.max_memory_reserved(device) / 1e9 if device.type == "cuda" else None
+        return {"seconds": seconds, "peak_reserved_gb": peak}
     except torch.OutOfMemoryError:
         return {"oom": True}
     finally:
@@ -339,7 +344,7 @@ def main() -> None:
         vae = build_vae(setup.tokenizer, setup.device)
         if args.decoder:
             result["decoder"] = bench_decoder(setup, vae, setup.batches[0], args.mode != "eager")
-        print(f"{'impl':8} {'depth':>5} {'params':>8} {'batch':>5} {'img/s':>8} {'tokens s':>9} {'total s':>8}")
+        print(f"{'impl':8} {'depth':>5} {'params':>8} {'batch':>5} {'img/s':>8} {'tokens s':>9} {'total s':>8} {'peak GB':>8}")
         for di, depth in enumerate(setup.depths):
             torch._dynamo.reset()  # each depth compiles its own graphs: keep them under the recompile limit
             ours = build_ours(setup, depth)
@@ -356,7 +361,7 @@ def main() -> None:
                 result["rows"].append(row)
                 print(f"{'varlib':8} {depth:5d} {params / 1e6:7.0f}M {batch:5d} {img_per_s(row, batch):>8} "
                       f"{row.get('transformer_and_sampling_s') or float('nan'):9.3f} "
-                      f"{row.get('seconds', float('nan')):8.3f}")
+                      f"{row.get('seconds', float('nan')):8.3f} {row.get('peak_reserved_gb') or float('nan'):8.1f}")
             if models is None:
                 continue
             state = {k: v.cpu() for k, v in ours.state_dict().items()}
@@ -367,7 +372,7 @@ def main() -> None:
                        **bench_theirs(setup, theirs, batch)}
                 result["rows"].append(row)
                 print(f"{'authors':8} {depth:5d} {params / 1e6:7.0f}M {batch:5d} {img_per_s(row, batch):>8} "
-                      f"{'':9} {row.get('seconds', float('nan')):8.3f}")
+                      f"{'':9} {row.get('seconds', float('nan')):8.3f} {row.get('peak_reserved_gb') or float('nan'):8.1f}")
             del theirs
 
     if args.ar_compare or args.quick:
