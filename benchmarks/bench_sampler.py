@@ -344,7 +344,8 @@ def main() -> None:
         vae = build_vae(setup.tokenizer, setup.device)
         if args.decoder:
             result["decoder"] = bench_decoder(setup, vae, setup.batches[0], args.mode != "eager")
-        print(f"{'impl':8} {'depth':>5} {'params':>8} {'batch':>5} {'img/s':>8} {'tokens s':>9} {'total s':>8} {'peak GB':>8}")
+        print(f"{'impl':8} {'depth':>5} {'params':>8} {'batch':>5} {'img/s':>8} {'tokens s':>9} {'total s':>8} "
+              f"{'peak GB':>8}")
         for di, depth in enumerate(setup.depths):
             torch._dynamo.reset()  # each depth compiles its own graphs: keep them under the recompile limit
             ours = build_ours(setup, depth)
@@ -372,7 +373,8 @@ def main() -> None:
                        **bench_theirs(setup, theirs, batch)}
                 result["rows"].append(row)
                 print(f"{'authors':8} {depth:5d} {params / 1e6:7.0f}M {batch:5d} {img_per_s(row, batch):>8} "
-                      f"{'':9} {row.get('seconds', float('nan')):8.3f} {row.get('peak_reserved_gb') or float('nan'):8.1f}")
+                      f"{'':9} {row.get('seconds', float('nan')):8.3f} "
+                      f"{row.get('peak_reserved_gb') or float('nan'):8.1f}")
             del theirs
 
     if args.ar_compare or args.quick:
