@@ -152,7 +152,8 @@ class CachedSteps:
     compile=True runs each block through one torch.compile'd `cached_block` with dynamic shapes, shared by all
     blocks (four graphs: the cache's first, middle, filling and overflowing steps differ; compiled once per
     process, in seconds rather than the minutes a whole unrolled step takes). The class condition is read from
-    `labels_R` at the first step, so a CUDA graph of that step picks up new labels written into the same tensor."""
+    `labels_R` at the first step and, on a later run of the same steps, written into the same tensor, so that CUDA
+    graphs of the steps (`GraphedSteps`) see new labels."""
 
     def __init__(self, model, labels_R: torch.Tensor, last_step_tokens: int, compile: bool = False):
         self.model, self.labels_R = model, labels_R
@@ -162,8 +163,11 @@ class CachedSteps:
 
     def __call__(self, begin: int, x_RlCv: torch.Tensor | None) -> torch.Tensor:
         """Logits (R, l, V) of the tokens at [begin, begin + l) from their inputs (None: the start tokens)."""
+        for cache in self.caches:
+            cache.seek(begin)
         if x_RlCv is None:
-            self.cond_RD = self.model.class_emb(self.labels_R)
+            cond_RD = self.model.class_emb(self.labels_R)
+            self.cond_RD = cond_RD if self.cond_RD is None else self.cond_RD.copy_(cond_RD)
             x_RlC = self.model.start_tokens(self.cond_RD)
         else:
             x_RlC = self.model.embed_inputs(x_RlCv, begin)
@@ -175,38 +179,36 @@ class GraphedSteps:
 
     A step launches about 20 kernels per block; replaying its graph launches them with one host call, so the GPU no
     longer waits on Python between kernels (at d16, B=64 the eager loop left the GPU idle for a fifth of the call).
-    The graphs are captured once, in scale order from one memory pool, after a warm-up run that compiles the blocks;
-    each call then writes its labels and each step's input into the graphs' own tensors and replays. They read the
-    model's parameters where they lie: in-place updates (an optimiser step, load_state_dict) are seen, a model moved
-    to another device or dtype needs a new instance. Capture and replay run under the autocast state of the capture
-    (its dtype is part of `VARSampler`'s key), with autocast's weight cache off so that no cast is taken from outside
-    the graph."""
+    A warm-up run compiles the blocks and allocates the KV caches and the condition outside any graph; the graphs
+    are then captured from one memory pool, the largest step first, so that every smaller step reuses its memory
+    (in scale order each larger step would add its own: 18 GB more at d30, B=256). Each call writes its labels and
+    each step's input into the graphs' own tensors and replays. The graphs read the model's parameters where they
+    lie: in-place updates (an optimiser step, load_state_dict) are seen, a model moved to another device or dtype
+    needs a new instance. They run under the autocast state of the capture (its dtype is part of `VARSampler`'s
+    key), with autocast's weight cache off so that no cast is taken from outside the graph."""
 
     def __init__(self, model, rows: int):
         device = model.lvl_1L.device
         self.labels_R = torch.full((rows,), model.num_classes, device=device)
         self.inputs = {begin: torch.zeros(rows, end - begin, model.cfg.z_channels, device=device)
                        for begin, end in model.begin_ends[1:]}
-        last = model.scales[-1] ** 2
+        widest = max(end - begin for begin, end in model.begin_ends)
+        # every step writes its logits into one buffer sized for the largest step (one per step: 5.7 GB at d30,
+        # B=256 with guidance, instead of 2.1 GB)
+        logits_RlV = torch.empty(rows, widest, model.cfg.vocab_size, device=device)
         dtype = compute_dtype(device)
         with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32, cache_enabled=False):
+            self.steps = CachedSteps(model, self.labels_R, model.scales[-1] ** 2, compile=True)
             side = torch.cuda.Stream(device)
             side.wait_stream(torch.cuda.current_stream(device))
-            with torch.cuda.stream(side):  # warm-up: compiles, and initialises cuBLAS outside any capture
-                warm = CachedSteps(model, self.labels_R, last, compile=True)
+            with torch.cuda.stream(side):  # the warm-up, which also initialises cuBLAS outside any capture
                 for begin, _ in model.begin_ends:
-                    warm(begin, self.inputs.get(begin))
+                    self.steps(begin, self.inputs.get(begin))
             torch.cuda.current_stream(device).wait_stream(side)
-            del warm
-            torch.cuda.empty_cache()  # the warm-up's KV caches go back, the graphs' pool allocates its own
-            self.steps = CachedSteps(model, self.labels_R, last, compile=True)
-            # every step writes its logits into one buffer sized for the largest step, not one buffer per step
-            # (at d30, B=256 with guidance: 2.1 GB instead of 5.7 GB)
-            widest = max(end - begin for begin, end in model.begin_ends)
-            logits_RlV = torch.empty(rows, widest, model.cfg.vocab_size, device=device)
+            torch.cuda.empty_cache()  # the warm-up's intermediates go back to the device, for the graphs' pool
             pool = torch.cuda.graph_pool_handle()
             self.graphs, self.logits = {}, {}
-            for begin, end in model.begin_ends:
+            for begin, end in reversed(model.begin_ends):
                 self.graphs[begin] = torch.cuda.CUDAGraph()
                 self.logits[begin] = logits_RlV[:, :end - begin]
                 with torch.cuda.graph(self.graphs[begin], pool=pool):

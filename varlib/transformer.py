@@ -46,6 +46,13 @@ class KVCache:
         self.k_BHLc: torch.Tensor | None = None
         self.v_BHLc: torch.Tensor | None = None
 
+    def seek(self, position: int) -> None:
+        """The next update writes at `position`: the tokens before it are kept, those after it forgotten (a run
+        of the same steps again, or CUDA-graph capture of one step out of order)."""
+        if not 0 <= position <= self.length:
+            raise RuntimeError(f"KVCache: cannot seek to {position}, the cache holds tokens [0, {self.length})")
+        self.length = position
+
     def update(self, k_BHlc: torch.Tensor, v_BHlc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Appends this step's keys/values; returns all keys/values so far (B, H, length, c)."""
         start, end = self.length, self.length + k_BHlc.shape[2]
