@@ -179,7 +179,7 @@ class GraphedSteps:
 
     A step launches about 20 kernels per block; replaying its graph launches them with one host call, so the GPU no
     longer waits on Python between kernels (at d16, B=64 the eager loop left the GPU idle for a fifth of the call).
-    A warm-up run compiles the blocks and allocates the KV caches and the condition outside any graph; the graphs
+    Warm-up runs compile the blocks and allocate the KV caches and the condition outside any graph; the graphs
     are then captured from one memory pool, the largest step first, so that every smaller step reuses its memory
     (in scale order each larger step would add its own: 18 GB more at d30, B=256). Each call writes its labels and
     each step's input into the graphs' own tensors and replays. The graphs read the model's parameters where they
@@ -201,9 +201,12 @@ class GraphedSteps:
             self.steps = CachedSteps(model, self.labels_R, model.scales[-1] ** 2, compile=True)
             side = torch.cuda.Stream(device)
             side.wait_stream(torch.cuda.current_stream(device))
-            with torch.cuda.stream(side):  # the warm-up, which also initialises cuBLAS outside any capture
-                for begin, _ in model.begin_ends:
-                    self.steps(begin, self.inputs.get(begin))
+            # the warm-up, twice: the second run takes the path of the captures (caches allocated, then seek), so
+            # that nothing compiles or autotunes (which synchronises) while a graph is being captured
+            with torch.cuda.stream(side):
+                for _ in range(2):
+                    for begin, _ in model.begin_ends:
+                        self.steps(begin, self.inputs.get(begin))
             torch.cuda.current_stream(device).wait_stream(side)
             torch.cuda.empty_cache()  # the warm-up's intermediates go back to the device, for the graphs' pool
             pool = torch.cuda.graph_pool_handle()
