@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import functools
 import io
 import json
 import math
@@ -178,17 +179,21 @@ def labels_for(setup: Setup, n: int, seed: int) -> torch.Tensor:
 MODES = ("eager", "compile", "graphs")
 
 
+def our_sampler(model: VAR, vae: VQVAE, mode: str):
+    """varlib's sampler for --mode, called as (labels, sample_cfg, generator, decode=...) -> (idx_Bl, images)."""
+    if mode == "graphs":
+        return VARSampler(model, vae)
+    return functools.partial(sample_var, model, vae, compile=mode == "compile")
+
+
 def bench_ours(setup: Setup, model: VAR, vae: VQVAE, batch: int, mode: str) -> dict:
     labels = labels_for(setup, batch, seed=batch)
     amp = setup.amp[0]
-    sampler = VARSampler(model, vae) if mode == "graphs" else None
+    sampler = our_sampler(model, vae, mode)
 
     def run(decode=True):
-        gen = batch_generator(0, 0, setup.device)
         with autocast(setup.device, amp):
-            if sampler is not None:
-                return sampler(labels, setup.sampling, gen, decode=decode)
-            return sample_var(model, vae, labels, setup.sampling, gen, decode=decode, compile=mode == "compile")
+            return sampler(labels, setup.sampling, batch_generator(0, 0, setup.device), decode=decode)
 
     row = measure(run, setup.device, setup.repeats)
     if "seconds" in row:
@@ -197,7 +202,7 @@ def bench_ours(setup: Setup, model: VAR, vae: VQVAE, batch: int, mode: str) -> d
         row["host_syncs_per_call"] = len(host_syncs(lambda: run(decode=False), setup.device))
         write_profile(setup.profile_dir, f"varlib_d{model.cfg.depth}_b{batch}_{mode}", run, setup.device, calls=1,
                       rows=40)
-    if sampler is not None:
+    if isinstance(sampler, VARSampler):
         sampler.release()
     return row
 
@@ -287,14 +292,11 @@ def ar_compare(setup: Setup, depth: int, mode: str) -> dict:
         ar = ARTransformer(setup.var_config(depth, scales=(last,))).eval().requires_grad_(False)
     labels = labels_for(setup, setup.ar_batch, seed=7)
     gen = batch_generator(0, 0, setup.device)
-    sampler = VARSampler(var, var_vae) if mode == "graphs" else None
+    sample = our_sampler(var, var_vae, mode)
 
     def run_var():
         with autocast(setup.device, setup.amp[0]):
-            if sampler is not None:
-                sampler(labels, setup.sampling, gen)
-            else:
-                sample_var(var, var_vae, labels, setup.sampling, gen, compile=mode == "compile")
+            sample(labels, setup.sampling, gen)
 
     def run_ar():
         with autocast(setup.device, setup.amp[0]):
