@@ -9,7 +9,8 @@ weights in both samplers), README settings (cfg 1.5, top-k 900, top-p 0.96), bes
 varlib runs under bf16 autocast, the authors' sampler under fp16 autocast as their demo does. varlib's --mode: eager
 `sample_var`, `sample_var(compile=True)` (compiled blocks and decoder), or `VARSampler` (per-scale CUDA graphs of the
 compiled blocks, compiled decoder; captured in the warm-up call). Depths 16/20/24/30,
-batches 16/64/256; an out-of-memory at one size is recorded and the run goes on.
+batches 16/64/256; an out-of-memory at one size is recorded and the run goes on. Each row also records how much
+of a call's span the GPU spends in kernels (`gpu_busy`): near 1, the time is in the kernels, not in host waits.
 
 Token-distribution check: both samplers draw tokens from the same weights (varlib's state dict loaded into the
 authors' model with strict=True; the head and AdaLN gammas re-drawn larger so that the distributions are peaked and
@@ -43,7 +44,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from bench_train import write_profile  # noqa: E402
+from bench_train import gpu_busy, write_profile  # noqa: E402
 from make_var_fixture import authors_var, import_authors_models  # noqa: E402
 
 from varlib.config import PAPER_SCALES_256, README_SAMPLING, SampleConfig, TokenizerConfig, VARConfig  # noqa: E402
@@ -200,6 +201,7 @@ def bench_ours(setup: Setup, model: VAR, vae: VQVAE, batch: int, mode: str) -> d
         tokens_only = measure(lambda: run(decode=False), setup.device, setup.repeats)
         row["transformer_and_sampling_s"] = tokens_only.get("seconds")
         row["host_syncs_per_call"] = len(host_syncs(lambda: run(decode=False), setup.device))
+        row.update(gpu_busy(run, setup.device))
         write_profile(setup.profile_dir, f"varlib_d{model.cfg.depth}_b{batch}_{mode}", run, setup.device, calls=1,
                       rows=40)
     if isinstance(sampler, VARSampler):
@@ -231,6 +233,7 @@ def bench_theirs(setup: Setup, theirs, batch: int) -> dict:
 
     row = measure(run, setup.device, setup.repeats)
     if "seconds" in row:
+        row.update(gpu_busy(run, setup.device))
         write_profile(setup.profile_dir, f"authors_d{theirs.depth}_b{batch}", run, setup.device, calls=1, rows=40)
     return row
 
@@ -347,7 +350,7 @@ def main() -> None:
         if args.decoder:
             result["decoder"] = bench_decoder(setup, vae, setup.batches[0], args.mode != "eager")
         print(f"{'impl':8} {'depth':>5} {'params':>8} {'batch':>5} {'img/s':>8} {'tokens s':>9} {'total s':>8} "
-              f"{'peak GB':>8}")
+              f"{'peak GB':>8} {'GPU busy':>8}")
         for di, depth in enumerate(setup.depths):
             torch._dynamo.reset()  # each depth compiles its own graphs: keep them under the recompile limit
             ours = build_ours(setup, depth)
@@ -364,7 +367,8 @@ def main() -> None:
                 result["rows"].append(row)
                 print(f"{'varlib':8} {depth:5d} {params / 1e6:7.0f}M {batch:5d} {img_per_s(row, batch):>8} "
                       f"{row.get('transformer_and_sampling_s') or float('nan'):9.3f} "
-                      f"{row.get('seconds', float('nan')):8.3f} {row.get('peak_reserved_gb') or float('nan'):8.1f}")
+                      f"{row.get('seconds', float('nan')):8.3f} {row.get('peak_reserved_gb') or float('nan'):8.1f} "
+                      f"{row.get('gpu_busy', float('nan')):8.1%}")
             if models is None:
                 continue
             state = {k: v.cpu() for k, v in ours.state_dict().items()}
@@ -376,7 +380,7 @@ def main() -> None:
                 result["rows"].append(row)
                 print(f"{'authors':8} {depth:5d} {params / 1e6:7.0f}M {batch:5d} {img_per_s(row, batch):>8} "
                       f"{'':9} {row.get('seconds', float('nan')):8.3f} "
-                      f"{row.get('peak_reserved_gb') or float('nan'):8.1f}")
+                      f"{row.get('peak_reserved_gb') or float('nan'):8.1f} {row.get('gpu_busy', float('nan')):8.1%}")
             del theirs
 
     if args.ar_compare or args.quick:

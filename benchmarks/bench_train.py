@@ -12,7 +12,8 @@ Their builder replaces `reset_parameters` on torch's layer classes for the whole
 and measured first. A variant that fails is recorded with its error and the others still run.
 
 FLOPs per token = 6 x (matmul parameters) + 12 x depth x L x width (attention scores and values, forward + backward);
-MFU is against 989 TFLOP/s (H100 SXM dense bf16).
+MFU is against 989 TFLOP/s (H100 SXM dense bf16). `gpu_busy`: the share of two steps' span in which the GPU
+runs kernels (near 1: the time is in the kernels; below, the GPU waits on the host).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import gc
 import json
 import platform
 import sys
+import tempfile
 import time
 import types
 from pathlib import Path
@@ -86,6 +88,36 @@ def profile_table(fn, device: torch.device, calls: int = 1, rows: int = 30) -> s
         sync(device)
     key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
     return prof.key_averages().table(sort_by=key, row_limit=rows, max_name_column_width=90)
+
+
+def busy_time(intervals_us: list[tuple[float, float]]) -> tuple[float, float]:
+    """(window, busy) of (start, end) intervals: the span from the first start to the last end, and the part of it
+    covered by at least one interval."""
+    busy, covered_to = 0.0, -float("inf")
+    for start, end in sorted(intervals_us):
+        busy += max(0.0, end - max(start, covered_to))
+        covered_to = max(covered_to, end)
+    window = covered_to - min(start for start, _ in intervals_us) if intervals_us else 0.0
+    return window, busy
+
+
+def gpu_busy(fn, device: torch.device, calls: int = 1) -> dict:
+    """How much of the span of its work the GPU spends running the kernels, copies and memsets of `calls` calls of
+    `fn` (from the profiler's trace): a fraction near 1 means the time is in the kernels, not in waits on the host.
+    CUDA only; an empty dict elsewhere."""
+    if device.type != "cuda":
+        return {}
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        for _ in range(calls):
+            fn()
+        sync(device)
+    with tempfile.TemporaryDirectory() as tmp:
+        trace = Path(tmp) / "trace.json"
+        prof.export_chrome_trace(str(trace))
+        events = json.loads(trace.read_text())["traceEvents"]
+    window, busy = busy_time([(e["ts"], e["ts"] + e["dur"]) for e in events
+                              if e.get("cat") in ("kernel", "gpu_memcpy", "gpu_memset")])
+    return dict(gpu_window_ms=window / 1e3 / calls, gpu_busy_ms=busy / 1e3 / calls, gpu_busy=busy / window)
 
 
 def write_profile(folder: Path | None, name: str, fn, device: torch.device, calls: int, rows: int = 30) -> None:
@@ -166,6 +198,7 @@ def run_variant(name: str, make, device: torch.device, tokens_per_step: int, flo
         step, model = make()
         rec = time_steps(step, device, warmup, steps)
         rec["params"] = sum(p.numel() for p in model.parameters())
+        rec.update(gpu_busy(step, device, calls=2))
         write_profile(profile_dir, name.replace(" ", "_"), step, device, calls=2)
         del step, model
     except Exception as e:  # a failing variant (compiler, out of memory) is recorded, the others still run
@@ -178,7 +211,8 @@ def run_variant(name: str, make, device: torch.device, tokens_per_step: int, flo
         rec["tokens_per_s"] = tokens_per_step / rec["s_per_step"]
         rec["mfu"] = rec["tokens_per_s"] * flops_token / PEAK_FLOPS
         print(f"   {rec['s_per_step']:.4f} s/step  {rec['tokens_per_s'] / 1e3:.1f}k tokens/s  MFU {rec['mfu']:.1%}  "
-              f"peak {rec.get('peak_mem_gb', float('nan')):.1f} GiB  (warm-up {rec['warmup_s']:.1f} s)", flush=True)
+              f"peak {rec.get('peak_mem_gb', float('nan')):.1f} GiB  GPU busy {rec.get('gpu_busy', float('nan')):.1%}  "
+              f"(warm-up {rec['warmup_s']:.1f} s)", flush=True)
     else:
         print(f"   FAILED: {rec['error'][:300]}", flush=True)
     return dict(name=name, **rec)

@@ -3,7 +3,12 @@ evaluation metrics mean what they say, the token cache is hit. Tokens come from 
 steps on 256 Fashion-MNIST images."""
 
 import dataclasses
+import json
 import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,6 +21,7 @@ from varlib.data import load_split
 from varlib.tokenizer import split_scales
 from varlib.transformer import build_model, teacher_forcing_input
 
+ROOT = Path(__file__).resolve().parents[1]
 DATA = DataConfig(limit_train=256, limit_test=128)
 TOK = TokenizerConfig(ch=8, ch_mult=(1, 2, 2), num_res_blocks=1, using_sa=False, using_mid_sa=False, vocab_size=32,
                       scales=(1, 2, 4, 8))
@@ -214,3 +220,24 @@ def test_compiled_step_equals_the_eager_step_and_shares_its_artifact(tokens):
     specs = [train.model_spec(VAR_CFG, dataclasses.replace(TRAIN, compile=c), DATA, TOK, TOK_TRAIN)
              for c in (False, True)]
     assert specs[0] == specs[1]
+
+
+def test_gpu_busy_time_is_the_union_of_kernel_intervals():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import bench_train  # noqa: PLC0415 -- a script folder, importable once on the path
+
+    # overlapping kernels count once; the idle 3..5 does not count; the window is first start to last end
+    assert bench_train.busy_time([(5.0, 6.0), (0.0, 2.0), (1.0, 3.0)]) == (6.0, 4.0)
+    assert bench_train.busy_time([(0.0, 4.0), (1.0, 2.0)]) == (4.0, 4.0)
+    assert bench_train.gpu_busy(lambda: None, torch.device("cpu")) == {}
+
+
+def test_bench_train_quick_runs(tmp_path):
+    out = tmp_path / "bench_train.json"
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "bench_train.py"), "--quick", "--device", "cpu",
+           "--authors-dir", "none", "--variants", "varlib eager", "--out", str(out)]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert result.returncode == 0, result.stderr[-3000:]
+    (row,) = json.loads(out.read_text())["results"]
+    assert row["name"] == "varlib eager" and row["s_per_step"] > 0 and (out.parent / "provenance.json").is_file()
