@@ -155,11 +155,16 @@ def speed() -> str:
     at16 = wide[wide.grid == 16]
     ok = bool(len(at16)) and bool(at16.speedup_VAR_over_AR.iloc[0] >= 0.75 * at16.paper_speedup.iloc[0])
     eager = sampler_bench("bench_sampler_eager.json")
+    paper_size = load("results/bench_sampler/ar_vs_var/ar_vs_var.json")["ar_compare"]
     wide_b = eager.pivot_table(index=["depth", "batch"], columns="impl", values="images_per_s").reset_index()
     return (f"### Speed (Sec. 1, 4: ~20x over raster AR)\n\nOurs ({source('07_speed')}; grid = the side n of the "
             f"final n x n token map; random weights, same depth, same batch):\n\n{md(wide)}\n\n"
             f"Figure: {figure('07_speed', 'var_vs_ar')}. Verdict: {verdict(ok)} (rule: at the paper's 16x16 grid "
-            f"VAR is at least 0.75 x 20 times faster than AR).\n\nvarlib's sampler against the authors' "
+            f"VAR is at least 0.75 x 20 times faster than AR). At the paper's size (d{paper_size['depth']}, "
+            f"{paper_size['var_params'] / 1e6:.0f}M against {paper_size['ar_params'] / 1e6:.0f}M parameters, "
+            f"{paper_size['grid']} tokens, B={paper_size['batch']}, eager, one H100, "
+            f"`results/bench_sampler/ar_vs_var/`): AR takes {paper_size['ar_over_var_time']:.1f}x VAR's time."
+            f"\n\nvarlib's sampler against the authors' "
             f"`autoregressive_infer_cfg` (`results/bench_sampler/`, one H100, 256 px, random weights, images/s; "
             f"nan: out of memory), eager (commit {commit_of('results/bench_sampler')}):\n\n{md(wide_b)}\n")
 
