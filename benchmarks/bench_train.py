@@ -3,6 +3,10 @@
     python benchmarks/bench_train.py --out results/bench_train.json          # one GPU: d16, 680 tokens, V 4096, B 96
     python benchmarks/bench_train.py --quick --out /tmp/bench_train.json     # CPU smoke: a tiny model, two steps
     python benchmarks/bench_train.py --cpu-profile quick                     # CPU: training time per depth of a profile
+    torchrun --standalone --nproc_per_node=2 benchmarks/bench_train.py --variants "varlib compile" --authors-dir none \
+        --out results/bench_ddp/world2/bench_train.json                     # N GPUs: DDP, 96 sequences per GPU
+    python benchmarks/bench_train.py --scaling results/bench_ddp/world{1,2}/bench_train.json \
+        --out results/bench_ddp/scaling/scaling.json                         # efficiency of N GPUs against one
 
 Random tokens and labels, bf16 autocast on CUDA, fused AdamW, gradient clipping at 2. varlib's step is
 `varlib.train.TrainStep` exactly as the trainer runs it (teacher-forcing input from the codebook, forward + loss,
@@ -12,8 +16,13 @@ Their builder replaces `reset_parameters` on torch's layer classes for the whole
 and measured first. A variant that fails is recorded with its error and the others still run.
 
 FLOPs per token = 6 x (matmul parameters) + 12 x depth x L x width (attention scores and values, forward + backward);
-MFU is against 989 TFLOP/s (H100 SXM dense bf16). `gpu_busy`: the share of two steps' span in which the GPU
+MFU is per GPU, against 989 TFLOP/s (H100 SXM dense bf16). `gpu_busy`: the share of two steps' span in which the GPU
 runs kernels (near 1: the time is in the kernels; below, the GPU waits on the host).
+
+Under torchrun each of the N processes runs varlib's step under DistributedDataParallel on its own GPU and its own
+random batch of --batch sequences (weak scaling: the global batch is N x --batch); tokens/s counts all N, MFU is per
+GPU, rank 0 writes the JSON, and the authors' variants are skipped. --scaling then gives the efficiency of each run:
+tokens/s on N GPUs / (N x tokens/s on one).
 """
 
 from __future__ import annotations
@@ -30,10 +39,12 @@ import types
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
 from varlib.config import PAPER_SCALES_256, TokenizerConfig, TrainConfig, VARConfig, get_profile
+from varlib.parallel import rank_and_world, setup_distributed
 from varlib.report import provenance, write_provenance
 from varlib.tokenizer import VQVAE, split_scales
 from varlib.train import TrainStep, autocast, evaluate
@@ -136,11 +147,13 @@ def random_batch(var_cfg: VARConfig, batch: int, device: torch.device, seed: int
 
 def varlib_variant(var_cfg: VARConfig, tok_cfg: TokenizerConfig, train_cfg: TrainConfig, batch: int,
                    device: torch.device, chunk: int):
+    """varlib's step; under torchrun under DDP, each rank on its own random batch."""
+    rank, world = rank_and_world()
     torch.manual_seed(0)
     model = build_model(var_cfg).to(device).train()
     vae = VQVAE(tok_cfg).to(device).eval().requires_grad_(False)
-    train_step = TrainStep(model, vae, train_cfg, device, chunk=chunk)
-    idx_BL, label_B = random_batch(var_cfg, batch, device)
+    train_step = TrainStep(model, vae, train_cfg, device, chunk=chunk, world=world)
+    idx_BL, label_B = random_batch(var_cfg, batch, device, seed=rank)
     return lambda: train_step(label_B, idx_BL, train_cfg.lr), model
 
 
@@ -190,10 +203,17 @@ def authors_variant(models, var_cfg: VARConfig, tok_cfg: TokenizerConfig, train_
     return step, var
 
 
+def say(*args) -> None:
+    """print, on rank 0 only (every rank runs the same steps under torchrun)."""
+    if rank_and_world()[0] == 0:
+        print(*args, flush=True)
+
+
 def run_variant(name: str, make, device: torch.device, tokens_per_step: int, flops_token: float, warmup: int,
                 steps: int, profile_dir: Path | None = None) -> dict:
-    """Times one variant; with `profile_dir`, also writes the profiler table of two of its steps there."""
-    print(f"== {name}", flush=True)
+    """Times one variant (`tokens_per_step` over all ranks); with `profile_dir`, also writes the profiler table of
+    two of its steps there."""
+    say(f"== {name}")
     try:
         step, model = make()
         rec = time_steps(step, device, warmup, steps)
@@ -209,17 +229,17 @@ def run_variant(name: str, make, device: torch.device, tokens_per_step: int, flo
     torch._dynamo.reset()
     if "s_per_step" in rec:
         rec["tokens_per_s"] = tokens_per_step / rec["s_per_step"]
-        rec["mfu"] = rec["tokens_per_s"] * flops_token / PEAK_FLOPS
-        print(f"   {rec['s_per_step']:.4f} s/step  {rec['tokens_per_s'] / 1e3:.1f}k tokens/s  MFU {rec['mfu']:.1%}  "
+        rec["mfu"] = rec["tokens_per_s"] / rank_and_world()[1] * flops_token / PEAK_FLOPS
+        say(f"   {rec['s_per_step']:.4f} s/step  {rec['tokens_per_s'] / 1e3:.1f}k tokens/s  MFU {rec['mfu']:.1%}  "
               f"peak {rec.get('peak_mem_gb', float('nan')):.1f} GiB  GPU busy {rec.get('gpu_busy', float('nan')):.1%}  "
-              f"(warm-up {rec['warmup_s']:.1f} s)", flush=True)
+              f"(warm-up {rec['warmup_s']:.1f} s)")
     else:
-        print(f"   FAILED: {rec['error'][:300]}", flush=True)
+        say(f"   FAILED: {rec['error'][:300]}")
     return dict(name=name, **rec)
 
 
 def throughput(args) -> dict:
-    device = torch.device(args.device)
+    _, world, device = setup_distributed(torch.device(args.device))
     if args.quick:
         scales, depth, V, batch, num_classes, ch = (1, 2, 3, 4), 2, 64, 8, 10, 32
     else:
@@ -229,10 +249,13 @@ def throughput(args) -> dict:
                         scales=scales)
     train_cfg = TrainConfig(batch_size=batch)
     L = var_cfg.num_tokens
-    tokens_per_step, flops_token = batch * L, flops_per_token(depth, V, var_cfg.z_channels, L)
-    print(f"d{depth}, {len(scales)} scales, L={L}, V={V}, batch {batch}, {device}: {flops_token / 1e9:.3f} GFLOP/token")
+    tokens_per_step, flops_token = world * batch * L, flops_per_token(depth, V, var_cfg.z_channels, L)
+    say(f"d{depth}, {len(scales)} scales, L={L}, V={V}, batch {batch} per process, {world} process(es), {device}: "
+        f"{flops_token / 1e9:.3f} GFLOP/token")
+    # profiler tables only with one process: under DDP every rank would have to run the profiled steps too
+    profile_dir = Path(args.profile_dir) if args.profile_dir and world == 1 else None
     common = dict(device=device, tokens_per_step=tokens_per_step, flops_token=flops_token, warmup=args.warmup,
-                  steps=args.steps, profile_dir=Path(args.profile_dir) if args.profile_dir else None)
+                  steps=args.steps, profile_dir=profile_dir)
     chosen = set(args.variants.split(","))
     unknown = chosen - set(VARLIB_VARIANTS) - set(AUTHORS_VARIANTS)
     if unknown:
@@ -244,13 +267,13 @@ def throughput(args) -> dict:
             chunk = 128 if "chunked" in name else 0
             results.append(run_variant(name, lambda cfg=cfg, chunk=chunk: varlib_variant(
                 var_cfg, tok_cfg, cfg, batch, device, chunk), **common))
-    if args.authors_dir is not None and chosen & set(AUTHORS_VARIANTS):
+    if args.authors_dir is not None and chosen & set(AUTHORS_VARIANTS) and world == 1:
         models = load_authors(Path(args.authors_dir), device)
         for name in AUTHORS_VARIANTS:
             if name in chosen:
                 results.append(run_variant(name, lambda compile="compile" in name: authors_variant(
                     models, var_cfg, tok_cfg, train_cfg, batch, device, compile), **common))
-    return dict(config=dict(depth=depth, scales=scales, num_tokens=L, vocab_size=V, batch=batch,
+    return dict(config=dict(depth=depth, scales=scales, num_tokens=L, vocab_size=V, batch=batch, world=world,
                             flops_per_token=flops_token, peak_flops=PEAK_FLOPS), results=results)
 
 
@@ -286,6 +309,26 @@ def cpu_profile_times(args) -> dict:
     return dict(profile=args.cpu_profile, threads=torch.get_num_threads(), rows=rows)
 
 
+def scaling(paths: list[str]) -> dict:
+    """Per variant, the efficiency of each run against the run with one process among `paths`: tokens/s on N
+    processes / (N x tokens/s on one)."""
+    runs = [json.loads(Path(path).read_text()) for path in paths]
+    worlds = [run["config"].get("world", 1) for run in runs]
+    single = {r["name"]: r for run, n in zip(runs, worlds, strict=True) if n == 1 for r in run["results"]
+              if "tokens_per_s" in r}
+    if not single:
+        raise SystemExit(f"--scaling needs the JSON of a run with one process among {paths}")
+    rows = []
+    for run, n in sorted(zip(runs, worlds, strict=True), key=lambda pair: pair[1]):
+        for r in run["results"]:
+            if "tokens_per_s" in r and r["name"] in single:
+                rows.append(dict(name=r["name"], world=n, tokens_per_s=r["tokens_per_s"], mfu_per_gpu=r["mfu"],
+                                 efficiency=r["tokens_per_s"] / (n * single[r["name"]]["tokens_per_s"])))
+                print(f"{r['name']:28s} {n} process(es): {r['tokens_per_s'] / 1e3:8.1f}k tokens/s, MFU per GPU "
+                      f"{r['mfu']:.1%}, efficiency {rows[-1]['efficiency']:.1%}")
+    return dict(files=paths, rows=rows)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--authors-dir", default=".authors/VAR",
@@ -303,6 +346,8 @@ def main() -> None:
     parser.add_argument("--cpu-profile", help="instead: time the training of every depth of this profile on the CPU")
     parser.add_argument("--train-steps", type=int, help="--cpu-profile: project this many steps, one evaluation")
     parser.add_argument("--test-sequences", type=int, help="--cpu-profile: evaluate on this many test sequences")
+    parser.add_argument("--scaling", nargs="+", metavar="JSON",
+                        help="instead: the scaling efficiency of earlier runs (one of them with one process)")
     args = parser.parse_args()
     started = time.perf_counter()
     if args.authors_dir == "none":
@@ -311,15 +356,23 @@ def main() -> None:
         args.warmup, args.steps = 1, 2
     if args.device.startswith("cuda"):
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True  # as the authors' trainer
-    out = cpu_profile_times(args) if args.cpu_profile else throughput(args)
+    if args.scaling:
+        out = scaling(args.scaling)
+    elif args.cpu_profile:
+        out = cpu_profile_times(args)
+    else:
+        out = throughput(args)
+    rank, world = rank_and_world()
     out["env"] = dict(torch=torch.__version__, python=platform.python_version(), device=args.device,
                       gpu=torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor())
-    if args.out:
+    if args.out and rank == 0:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
         write_provenance(Path(args.out).parent, provenance("bench_train", vars(args), args.device, None,
                                                            time.perf_counter() - started, [Path(args.out).name]))
         print(f"wrote {args.out}")
+    if world > 1:
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -15,7 +15,9 @@ from varlib.tokenizer_train import (
     coarse_to_fine,
     evaluate_tokenizer,
     get_tokenizer,
+    main,
     tokenizer_key,
+    tokenizer_spec,
     train_tokenizer,
 )
 
@@ -39,6 +41,13 @@ def test_smoke_training_lowers_the_loss():
     assert len(history) == SMOKE.tokenizer_train.steps
     assert history["rec"].tail(5).mean() < 0.5 * history["rec"].head(5).mean()
     assert history["restarted"].sum() > 0  # the untrained codebook had dead codes and they were restarted
+
+
+def test_command_line_trains_into_the_cache_then_finds_it(smoke_tokenizer, caplog):
+    caplog.set_level(logging.INFO)
+    main(["--profile", "smoke", "--device", "cpu"])  # the smoke tokenizer fixture already trained it: a cache hit
+    path = artifacts.artifact_path("tokenizer", tokenizer_spec(SMOKE.data, SMOKE.tokenizer, SMOKE.tokenizer_train))
+    assert f"cache hit: {path}" in caplog.text and f"tokenizer ready: {path}" in caplog.text
 
 
 @torch.no_grad()

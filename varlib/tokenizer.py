@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 from .artifacts import ArtifactError, load_file
 from .config import TokenizerConfig
+from .parallel import sum_over_ranks
 
 log = logging.getLogger(__name__)
 
@@ -351,8 +352,9 @@ class MultiScaleQuantizer(nn.Module):
 
     @torch.no_grad()
     def record_hits(self, idx_Bl: list[torch.Tensor]) -> None:
-        """EMA of per-scale code hits: copied on the first record, 0.9/0.1 for the next 99, then 0.99/0.01."""
-        hit_SV = torch.stack([code_hits(idx, self.vocab_size) for idx in idx_Bl])
+        """EMA of per-scale code hits: copied on the first record, 0.9/0.1 for the next 99, then 0.99/0.01. Under
+        torchrun the hits are summed over the ranks: the EMA counts the global batch, and is equal on every rank."""
+        hit_SV = sum_over_ranks(torch.stack([code_hits(idx, self.vocab_size) for idx in idx_Bl]))  # global batch
         if self.record_hit == 0:
             self.ema_vocab_hit_SV.copy_(hit_SV)
         else:

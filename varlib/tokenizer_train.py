@@ -11,6 +11,7 @@ quantizer inputs, against the codebook collapse at the coarse scales that users 
 
 from __future__ import annotations
 
+import argparse
 import functools
 import logging
 import math
@@ -19,14 +20,17 @@ import time
 import numpy as np
 import pandas as pd
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from . import artifacts
-from .config import DataConfig, TokenizerConfig, TokenizerTrainConfig
+from .config import DataConfig, TokenizerConfig, TokenizerTrainConfig, get_profile
 from .data import ImageDataset, load_split, to_uint8
 from .metrics import Classifier, load_lpips, lpips_distance, psnr, rfid, ssim
+from .parallel import data_parallel, gather_batch, mean_over_ranks, setup_distributed, share_of, sum_over_ranks
+from .report import resolve_device
 from .tokenizer import VQVAE, cat_scales, code_hits, frozen, split_scales
 
 log = logging.getLogger(__name__)
@@ -97,7 +101,7 @@ class TokenizerStep:
     stays eager. benchmarks/bench_tokenizer.py measures both."""
 
     def __init__(self, vae: VQVAE, disc: PatchDiscriminator, train_cfg: TokenizerTrainConfig,
-                 device: torch.device):
+                 device: torch.device, world: int = 1):
         self.vae, self.disc, self.cfg = vae, disc, train_cfg
         fused = device.type == "cuda"
         self.opt = torch.optim.AdamW(vae.parameters(), lr=train_cfg.lr, betas=train_cfg.betas,
@@ -109,11 +113,15 @@ class TokenizerStep:
         if train_cfg.compile:
             for module in (vae.encoder, vae.decoder, disc):
                 module.compile()
+        # under torchrun: gradients averaged over the ranks; the quantizer reduces its code hits itself, so its
+        # buffer is equal on every rank and need not be broadcast
+        self.vae_net = data_parallel(vae, device, world, broadcast_buffers=False)
+        self.disc_net = data_parallel(disc, device, world)
 
     def __call__(self, x: torch.Tensor, use_gan: bool) -> tuple[dict[str, torch.Tensor], list[torch.Tensor]]:
         vae, disc, cfg = self.vae, self.disc, self.cfg
         with self.amp:
-            rec, vq_loss, idx_Bl = vae(x)
+            rec, vq_loss, idx_Bl = self.vae_net(x)
         rec = rec.float()
         rec_loss = F.mse_loss(rec, x)
         loss = rec_loss + vq_loss
@@ -130,8 +138,9 @@ class TokenizerStep:
         torch.nn.utils.clip_grad_norm_(vae.parameters(), cfg.grad_clip)
         self.opt.step()
         if use_gan:
-            with self.amp:
-                losses["gan_d"] = hinge_d_loss(disc(x).float(), disc(rec.detach()).float())
+            with self.amp:  # real and fake in one call: one forward per backward, as DDP expects
+                real, fake = self.disc_net(torch.cat((x, rec.detach()))).float().chunk(2)
+                losses["gan_d"] = hinge_d_loss(real, fake)
             self.opt_d.zero_grad(set_to_none=True)
             losses["gan_d"].backward()
             torch.nn.utils.clip_grad_norm_(disc.parameters(), cfg.grad_clip)
@@ -148,7 +157,7 @@ def train_tokenizer(data_cfg: DataConfig, tok_cfg: TokenizerConfig, train_cfg: T
     Returns the model (train mode) and a per-step history (step, rec, vq, lpips, gan_g, gan_d, loss, usage,
     restarted). A snapshot is written every `snapshot_every` steps; `stop_at` ends the run early after that many
     steps, leaving a snapshot to resume from (time-limited sessions)."""
-    device = torch.device(device)
+    rank, world, device = setup_distributed(torch.device(device))
     if data_cfg.channels != tok_cfg.in_channels or data_cfg.resolution != tok_cfg.resolution:
         raise ValueError(f"data ({data_cfg.channels} channels, {data_cfg.resolution} px) does not fit the tokenizer "
                          f"({tok_cfg.in_channels} channels, {tok_cfg.resolution} px); use config.get_profile, which "
@@ -163,7 +172,7 @@ def train_tokenizer(data_cfg: DataConfig, tok_cfg: TokenizerConfig, train_cfg: T
 
     snapshots = artifacts.TrainState(KIND, tokenizer_spec(data_cfg, tok_cfg, train_cfg))
     snap = snapshots.load()
-    train_step = TokenizerStep(vae, disc, train_cfg, device)
+    train_step = TokenizerStep(vae, disc, train_cfg, device, world)
     if snap is not None:
         vae.load_state_dict(snap["vae"])
         disc.load_state_dict(snap["disc"])
@@ -177,28 +186,34 @@ def train_tokenizer(data_cfg: DataConfig, tok_cfg: TokenizerConfig, train_cfg: T
     end = train_cfg.steps if stop_at is None else min(stop_at, train_cfg.steps)
     stopping_early = end < train_cfg.steps
     gan_from = int(train_cfg.gan_start * train_cfg.steps) if train_cfg.gan_weight > 0 else math.inf
-    bar = tqdm(range(start, end), initial=start, total=train_cfg.steps, desc="tokenizer", disable=not progress)
+    bar = tqdm(range(start, end), initial=start, total=train_cfg.steps, desc="tokenizer",
+               disable=not progress or rank != 0)
     pending: list[tuple[int, dict, int]] = []  # (step, its losses as device tensors, restarted): read every 10 steps
 
     def flush() -> None:
         if pending:
-            values = torch.stack([v for _, row, _ in pending for v in row.values()]).tolist()
+            values = mean_over_ranks(torch.stack([v for _, row, _ in pending for v in row.values()])).tolist()
             for step_, row, restarted_ in pending:
                 vals, values = values[:len(row)], values[len(row):]
                 history.append({"step": step_, **dict(zip(row, vals, strict=True)), "restarted": restarted_})
             pending.clear()
 
     for step in bar:
-        idx = batch_indices(step, train_cfg.batch_size, len(images_u8), train_cfg.seed).to(device, non_blocking=True)
+        # every rank draws the same global batch (seeded by step) and trains on its own slice of it
+        idx = share_of(batch_indices(step, train_cfg.batch_size, len(images_u8), train_cfg.seed), rank, world)
+        idx = idx.to(device, non_blocking=True)
         x = images_u8[idx].float().div(127.5).sub(1.0)
         if step == 0:  # data-dependent codebook init: every code starts as a residual that the quantizer sees
-            restart_from_batch(vae, x, torch.ones_like(hits_V, dtype=torch.bool), seeded_generator(train_cfg.seed, 2))
+            restart_from_batch(vae, gather_batch(x), torch.ones_like(hits_V, dtype=torch.bool),
+                               seeded_generator(train_cfg.seed, 2))
         losses, idx_Bl = train_step(x, step >= gan_from)
-        step_hits_V = code_hits(cat_scales(idx_Bl), tok_cfg.vocab_size)
+        step_hits_V = sum_over_ranks(code_hits(cat_scales(idx_Bl), tok_cfg.vocab_size))  # over the global batch
         hits_V += step_hits_V
         restarted = 0
         if train_cfg.restart_dead_codes_every and (step + 1) % train_cfg.restart_dead_codes_every == 0:
-            restarted = restart_from_batch(vae, x, hits_V == 0, seeded_generator(train_cfg.seed, 1, step))
+            # from the residuals of the whole global batch, the same draw on every rank: codebooks stay equal
+            restarted = restart_from_batch(vae, gather_batch(x), hits_V == 0,
+                                           seeded_generator(train_cfg.seed, 1, step))
             hits_V.zero_()
         pending.append((step, {**losses, "usage": (step_hits_V > 0).float().mean()}, restarted))
         if step % 10 == 0:
@@ -208,13 +223,14 @@ def train_tokenizer(data_cfg: DataConfig, tok_cfg: TokenizerConfig, train_cfg: T
                             usage=f"{last['usage']:.2f}")
         if (step + 1) % snapshot_every == 0 or (stopping_early and step + 1 == end):
             flush()
-            snapshots.save({"step": step + 1, "vae": vae.state_dict(), "disc": disc.state_dict(),
-                            "opt": train_step.opt.state_dict(), "opt_d": train_step.opt_d.state_dict(),
-                            "hits_V": hits_V.clone(), "record_hit": vae.quantize.record_hit,
-                            "rng": torch.get_rng_state(), "history": history})
+            if rank == 0:
+                snapshots.save({"step": step + 1, "vae": vae.state_dict(), "disc": disc.state_dict(),
+                                "opt": train_step.opt.state_dict(), "opt_d": train_step.opt_d.state_dict(),
+                                "hits_V": hits_V.clone(), "record_hit": vae.quantize.record_hit,
+                                "rng": torch.get_rng_state(), "history": history})
     flush()
     bar.close()
-    if not stopping_early:
+    if not stopping_early and rank == 0:
         snapshots.clear()
     return vae, pd.DataFrame(history)
 
@@ -314,3 +330,26 @@ def coarse_to_fine(vae: VQVAE, images: torch.Tensor) -> torch.Tensor:
     device = next(vae.parameters()).device
     x = images.to(device)
     return torch.stack([x, *vae.img_to_reconstructed_img(x)]).cpu()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m varlib.tokenizer_train --profile quick`, also under `torchrun --nproc_per_node=N -m
+    varlib.tokenizer_train` (each rank trains on its share of every global batch)."""
+    parser = argparse.ArgumentParser(description="Train (or load from the cache) the tokenizer of a profile.")
+    parser.add_argument("--profile", default="smoke", help="smoke | quick | full")
+    parser.add_argument("--dataset", default="fashion-mnist", help="fashion-mnist, or a folder of class folders")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    prof = get_profile(args.profile, dataset=args.dataset)
+    rank, world, device = setup_distributed(resolve_device(args.device))
+    get_tokenizer(prof.data, prof.tokenizer, prof.tokenizer_train, device)
+    if rank == 0:
+        spec = tokenizer_spec(prof.data, prof.tokenizer, prof.tokenizer_train)
+        log.info("tokenizer ready: %s", artifacts.artifact_path(KIND, spec))
+    if world > 1:
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

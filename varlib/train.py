@@ -18,7 +18,6 @@ import argparse
 import contextlib
 import dataclasses
 import logging
-import os
 import time
 
 import pandas as pd
@@ -26,13 +25,13 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.nn.parallel import DistributedDataParallel
 from torch.utils.checkpoint import checkpoint
 from tqdm.auto import tqdm
 
 from .artifacts import TrainState, get_or_build
 from .config import DataConfig, TokenizerConfig, TokenizerTrainConfig, TrainConfig, VARConfig, get_profile
 from .data import ImageDataset, load_split, to_float
+from .parallel import data_parallel, mean_over_ranks, rank_and_world, setup_distributed, share_of, sum_over_ranks
 from .report import resolve_device
 from .tokenizer import cat_scales, split_scales
 from .tokenizer_train import batch_indices, get_tokenizer, tokenizer_key
@@ -181,7 +180,7 @@ def evaluate(model: nn.Module, vae: nn.Module, tokens: dict, device: torch.devic
     scales = model.cfg.scales
     sizes = [pn * pn for pn in scales]
     scale_L = torch.arange(len(scales)).repeat_interleave(torch.tensor(sizes)).to(device)
-    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    rank, world = rank_and_world()
     idx_NL = tokens["idx"][rank::world].to(device)
     labels_N = tokens["labels"][rank::world].to(device)
     loss_fn = TokenLoss(model)
@@ -197,8 +196,7 @@ def evaluate(model: nn.Module, vae: nn.Module, tokens: dict, device: torch.devic
     model.train(training)
     count_K = len(labels_N) * torch.tensor(sizes, device=device, dtype=torch.float64)
     sums_3K = torch.stack([ce_K, wrong_K, count_K])
-    if world > 1:
-        dist.all_reduce(sums_3K)
+    sum_over_ranks(sums_3K)
     ce_K, wrong_K, count_K = sums_3K.cpu()
     if count_K.sum() == 0:
         raise ValueError("evaluate: no token sequences to evaluate (empty token split)")
@@ -226,9 +224,7 @@ class TrainStep:
         net = TokenLoss(model, cfg.label_smoothing, chunk)
         if cfg.compile:
             net = torch.compile(net)
-        if world > 1:
-            net = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
-        self.net = net
+        self.net = data_parallel(net, device, world)
 
     def __call__(self, label_B: torch.Tensor, idx_BL: torch.Tensor, lr: float) -> tuple[torch.Tensor, torch.Tensor]:
         target_BL, x_BLCv_wo_first_l = _batch_inputs(self.vae, idx_BL, self.scales)
@@ -243,20 +239,6 @@ class TrainStep:
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
         return loss.detach(), (pred_BL != target_BL).float().mean()
-
-
-def setup_distributed(device: torch.device) -> tuple[int, int, torch.device]:
-    """(rank, world size, this rank's device). Under torchrun (WORLD_SIZE > 1) joins the process group: NCCL on
-    CUDA, gloo on CPU; each rank takes the GPU of its LOCAL_RANK."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1:
-        return 0, 1, device
-    if device.type == "cuda":
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        torch.cuda.set_device(device)
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return dist.get_rank(), world, device
 
 
 def _step_seed(seed: int, step: int, rank: int) -> int:
@@ -278,9 +260,7 @@ def train_model(var_cfg: VARConfig, train_cfg: TrainConfig, vae: nn.Module, toke
     if tokens_train["idx"].shape[1] != L:
         raise ValueError(f"tokens have {tokens_train['idx'].shape[1]} positions but VARConfig.scales={var_cfg.scales} "
                          f"needs {L}: encode them with a tokenizer whose scales match the transformer's")
-    if train_cfg.batch_size % world:
-        raise ValueError(f"TrainConfig.batch_size={train_cfg.batch_size} must be divisible by the {world} processes")
-    local_batch, n_train = train_cfg.batch_size // world, len(tokens_train["labels"])
+    n_train = len(tokens_train["labels"])
     torch.manual_seed(train_cfg.seed)
     model = build_model(var_cfg).to(device)
     vae = vae.to(device).eval()
@@ -302,8 +282,7 @@ def train_model(var_cfg: VARConfig, train_cfg: TrainConfig, vae: nn.Module, toke
     for step in bar:
         torch.manual_seed(_step_seed(train_cfg.seed, step, rank))
         # every rank draws the same global batch (seeded by step) and trains on its own slice of it
-        batch = batch_indices(step, train_cfg.batch_size, n_train, train_cfg.seed)
-        batch = batch[rank * local_batch:(rank + 1) * local_batch].to(device)
+        batch = share_of(batch_indices(step, train_cfg.batch_size, n_train, train_cfg.seed), rank, world).to(device)
         lr = train_cfg.lr * lr_factor(step, steps, train_cfg.warmup_frac, train_cfg.final_lr_frac)
         loss, err = train_step(labels_N[batch], idx_NL[batch], lr)
         loss_sum += loss
@@ -314,8 +293,7 @@ def train_model(var_cfg: VARConfig, train_cfg: TrainConfig, vae: nn.Module, toke
             bar.set_postfix(loss=f"{loss.item():.3f}", acc=f"{1 - err.item():.3f}")
         if done % train_cfg.eval_every == 0 or done == steps:
             train_stats = torch.stack([loss_sum, err_sum]) / n_sum
-            if world > 1:
-                dist.all_reduce(train_stats, op=dist.ReduceOp.AVG)
+            mean_over_ranks(train_stats)
             test = evaluate(model, vae, tokens_test, device)
             wall = wall_before + time.perf_counter() - t0
             tokens_seen = done * train_cfg.batch_size * L
@@ -381,7 +359,8 @@ def main(argv: list[str] | None = None) -> None:
     prof = get_profile(args.profile, dataset=args.dataset)
     var_cfg = dataclasses.replace(prof.var, depth=args.depth or prof.var.depth)
     rank, world, device = setup_distributed(resolve_device(args.device))
-    if rank == 0:  # one process trains the tokenizer and encodes the data; the others then read the cache
+    get_tokenizer(prof.data, prof.tokenizer, prof.tokenizer_train, device)  # under torchrun: trained by all ranks
+    if rank == 0:  # one process encodes the data; the others then read the cache
         for split in ("train", "test"):
             get_tokens(prof.data, prof.tokenizer, prof.tokenizer_train, split, device)
     if world > 1:
