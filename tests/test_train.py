@@ -10,13 +10,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
 
 from varlib import train
 from varlib.artifacts import TrainState
-from varlib.config import DataConfig, TokenizerConfig, TokenizerTrainConfig, TrainConfig, VARConfig
+from varlib.config import DataConfig, TokenizerConfig, TokenizerTrainConfig, TrainConfig, VARConfig, get_profile
 from varlib.data import load_split
 from varlib.tokenizer import split_scales
 from varlib.transformer import build_model, teacher_forcing_input
@@ -241,3 +242,11 @@ def test_bench_train_quick_runs(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     (row,) = json.loads(out.read_text())["results"]
     assert row["name"] == "varlib eager" and row["s_per_step"] > 0 and (out.parent / "provenance.json").is_file()
+
+
+def test_command_line_trains_a_transformer_and_writes_its_history(tmp_path):
+    out = tmp_path / "curves" / "history.csv"
+    train.main(["--profile", "smoke", "--depth", "1", "--device", "cpu", "--history-out", str(out)])
+    history = pd.read_csv(out)
+    smoke = get_profile("smoke").train
+    assert history.step.iloc[-1] == smoke.steps and history.test_loss_all.notna().all()

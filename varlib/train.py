@@ -19,6 +19,7 @@ import contextlib
 import dataclasses
 import logging
 import time
+from pathlib import Path
 
 import pandas as pd
 import torch
@@ -354,6 +355,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--depth", type=int, help="transformer depth (default: the profile's)")
     parser.add_argument("--dataset", default="fashion-mnist", help="fashion-mnist, or a folder of class folders")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    parser.add_argument("--history-out", help="also write the training history (one row per evaluation) as CSV here")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     prof = get_profile(args.profile, dataset=args.dataset)
@@ -369,6 +371,9 @@ def main(argv: list[str] | None = None) -> None:
     if rank == 0:
         log.info("final evaluation:\n%s", history.drop(columns=["test_loss_per_scale", "test_err_per_scale"])
                  .tail(1).to_string(index=False))
+        if args.history_out:
+            Path(args.history_out).parent.mkdir(parents=True, exist_ok=True)
+            history.to_csv(args.history_out, index=False)
     if world > 1:
         dist.destroy_process_group()
 
