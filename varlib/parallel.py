@@ -60,7 +60,7 @@ def sum_over_ranks(x: torch.Tensor) -> torch.Tensor:
 def mean_over_ranks(x: torch.Tensor) -> torch.Tensor:
     """`x` averaged over the ranks, in place (unchanged without a process group)."""
     _, world = rank_and_world()
-    return sum_over_ranks(x).div_(world)
+    return sum_over_ranks(x).div_(world) if world > 1 else x
 
 
 def gather_batch(x_B: torch.Tensor) -> torch.Tensor:
