@@ -250,3 +250,5 @@ def test_command_line_trains_a_transformer_and_writes_its_history(tmp_path):
     history = pd.read_csv(out)
     smoke = get_profile("smoke").train
     assert history.step.iloc[-1] == smoke.steps and history.test_loss_all.notna().all()
+    prov = json.loads((out.parent / "provenance.json").read_text())
+    assert prov["files"] == ["history.csv"] and prov["parameters"]["processes"] == 1 and prov["git_sha"]

@@ -33,7 +33,7 @@ from .artifacts import TrainState, get_or_build
 from .config import DataConfig, TokenizerConfig, TokenizerTrainConfig, TrainConfig, VARConfig, get_profile
 from .data import ImageDataset, load_split, to_float
 from .parallel import data_parallel, mean_over_ranks, rank_and_world, setup_distributed, share_of, sum_over_ranks
-from .report import resolve_device
+from .report import provenance, resolve_device, write_provenance
 from .tokenizer import cat_scales, split_scales
 from .tokenizer_train import batch_indices, get_tokenizer, tokenizer_key
 from .transformer import build_model, teacher_forcing_input
@@ -357,6 +357,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
     parser.add_argument("--history-out", help="also write the training history (one row per evaluation) as CSV here")
     args = parser.parse_args(argv)
+    started = time.perf_counter()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     prof = get_profile(args.profile, dataset=args.dataset)
     var_cfg = dataclasses.replace(prof.var, depth=args.depth or prof.var.depth)
@@ -372,8 +373,11 @@ def main(argv: list[str] | None = None) -> None:
         log.info("final evaluation:\n%s", history.drop(columns=["test_loss_per_scale", "test_err_per_scale"])
                  .tail(1).to_string(index=False))
         if args.history_out:
-            Path(args.history_out).parent.mkdir(parents=True, exist_ok=True)
-            history.to_csv(args.history_out, index=False)
+            out = Path(args.history_out)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            history.to_csv(out, index=False)
+            write_provenance(out.parent, provenance("varlib.train", {**vars(args), "processes": world}, device,
+                                                    prof.train.seed, time.perf_counter() - started, [out.name]))
     if world > 1:
         dist.destroy_process_group()
 
