@@ -51,6 +51,11 @@ def verdict(ok: bool, partly: bool = False) -> str:
     return "**reproduced**" if ok else "**partly reproduced**" if partly else "**not reproduced**"
 
 
+def met(ok: bool) -> str:
+    """An engineering target's status (issue benchmarks, not paper claims)."""
+    return "met" if ok else "not met"
+
+
 def tokenizer() -> str:
     t = table("01_tokenizer", "reconstruction_by_scales")
     rising = bool(t.psnr.diff().dropna().gt(0).all())
@@ -199,7 +204,6 @@ def engineering() -> str:
     authors_busy_16_64 = samp.set_index(["depth", "batch"]).loc[(16, 64), "GPU busy, authors"]
     ours_busy = pd.concat([rows.query("impl == 'varlib'").gpu_busy, train.loc[["varlib compile"], "gpu_busy"]])
     dist = run["distribution"]
-    met = lambda ok: "met" if ok else "not met"  # noqa: E731
     return (f"### Engineering targets (issue benchmarks, not paper claims)\n\n"
             f"Training throughput, d16 at 256 px (680 tokens, V = 4096), batch 96, bf16, one H100, varlib's step "
             f"and the authors' in the same call (`results/bench_train/`, commit {commit_of('results/bench_train')}; "
@@ -237,7 +241,6 @@ def data_parallel() -> str:
     gpu = load("results/bench_ddp/world2/provenance.json")["gpu"]
     one, two = (pd.read_csv(ROOT / f"results/bench_ddp/curves/world{n}/history.csv") for n in (1, 2))
     gap = (one.test_loss_all - two.test_loss_all).abs().max()
-    met = lambda ok: "met" if ok else "not met"  # noqa: E731
     at4 = f"**{met(eff[4] >= 0.9)}** ({eff[4]:.1%})" if 4 in eff else "not measured (no 4-GPU machine was lent)"
     return (f"Data-parallel training of d16 at 256 px, 96 sequences per GPU, on {gpu}s of one host, all in one call "
             f"(`results/bench_ddp/`, commit {commit_of('results/bench_ddp/scaling')}):\n\n{md(ddp)}\n\n"
