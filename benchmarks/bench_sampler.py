@@ -32,26 +32,20 @@ import io
 import json
 import math
 import platform
-import sys
 import time
-import warnings
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "scripts"))
-sys.path.insert(0, str(ROOT / "benchmarks"))
-
-from bench_train import gpu_busy, write_profile  # noqa: E402
-from make_var_fixture import authors_var, import_authors_models  # noqa: E402
-
-from varlib.config import PAPER_SCALES_256, README_SAMPLING, SampleConfig, TokenizerConfig, VARConfig  # noqa: E402
-from varlib.report import provenance, write_provenance  # noqa: E402
-from varlib.sampling import VARSampler, batch_generator, best_time, decode_images, sample_ar, sample_var  # noqa: E402
-from varlib.tokenizer import VQVAE  # noqa: E402
-from varlib.transformer import VAR, ARTransformer, teacher_forcing_input  # noqa: E402
+from varlib.authors import authors_var, import_authors_models
+from varlib.config import PAPER_SCALES_256, README_SAMPLING, SampleConfig, TokenizerConfig, VARConfig
+from varlib.device import autocast
+from varlib.fast_sampling import VARSampler
+from varlib.report import provenance, write_provenance
+from varlib.sampling import batch_generator, sample_ar, sample_var
+from varlib.timing import gpu_busy, host_syncs, measure, write_profile
+from varlib.tokenizer import VQVAE
+from varlib.transformer import VAR, ARTransformer, teacher_forcing_input
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,53 +118,13 @@ def build_theirs(models, setup: Setup, depth: int, our_state: dict, our_vae: VQV
         their_vae = models.VQVAE(vocab_size=tok.vocab_size, z_channels=tok.z_channels, ch=tok.ch,
                                  share_quant_resi=tok.share_phi, v_patch_nums=tok.scales, test_mode=True)
         their_vae.load_state_dict(our_vae.state_dict(), strict=True)
-        theirs = authors_var(models, setup.var_config(depth), cond_drop_rate=0.1,
-                             device=setup.device)
+        theirs = authors_var(models, setup.var_config(depth), cond_drop_rate=0.1, device=setup.device)
     theirs.vae_proxy, theirs.vae_quant_proxy = (their_vae,), (their_vae.quantize,)
     theirs.load_state_dict(our_state, strict=True)
     return theirs.eval().requires_grad_(False)
 
 
-# ----------------------------------------------------------------------------------------------- timing
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def autocast(device: torch.device, dtype):
-    return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
-
-
-def measure(fn, device: torch.device, repeats: int) -> dict:
-    """{"seconds": best time, "peak_reserved_gb": the allocator's peak} or {"oom": True}; an out-of-memory is
-    recorded, not fatal."""
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    try:
-        seconds = best_time(fn, device, repeats)
-        peak = torch.cuda.max_memory_reserved(device) / 1e9 if device.type == "cuda" else None
-        return {"seconds": seconds, "peak_reserved_gb": peak}
-    except torch.OutOfMemoryError:
-        return {"oom": True}
-    finally:
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-
-
-def host_syncs(fn, device: torch.device) -> list[str]:
-    """Messages of the host-device synchronisations during one call (CUDA only; the argument checks make two)."""
-    if device.type != "cuda":
-        return []
-    torch.cuda.set_sync_debug_mode("warn")
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            fn()
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
-    return [str(w.message).splitlines()[0] for w in caught]
-
+# ----------------------------------------------------------------------------------------------- timed runs
 
 def labels_for(setup: Setup, n: int, seed: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
@@ -215,7 +169,7 @@ def bench_decoder(setup: Setup, vae: VQVAE, batch: int, compile: bool) -> dict:
 
     def run():
         with torch.no_grad(), autocast(setup.device, setup.amp[0]):
-            decode_images(vae, f_hat, compile=compile)
+            vae.fhat_to_img(f_hat, compile=compile)
 
     row = {"batch": batch, "compile": compile, **measure(run, setup.device, setup.repeats)}
     print(f"decoder alone: {row}", flush=True)
@@ -339,7 +293,7 @@ def main() -> None:
     setup = quick_setup(args) if args.quick else paper_setup(args)
     if setup.device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
-    models = import_authors_models(args.authors_dir) if args.authors_dir else None
+    models = import_authors_models(args.authors_dir, setup.device) if args.authors_dir else None
     result = {"torch": torch.__version__, "python": platform.python_version(),
               "device": torch.cuda.get_device_name(setup.device) if setup.device.type == "cuda" else "cpu",
               "sampling": dataclasses.asdict(setup.sampling), "mode": args.mode, "rows": []}

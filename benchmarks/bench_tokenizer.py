@@ -16,22 +16,17 @@ import dataclasses
 import functools
 import gc
 import json
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from bench_train import profile_table, time_steps  # noqa: E402 -- the training benchmark's helpers
-
-from varlib.config import get_profile  # noqa: E402
-from varlib.data import load_split  # noqa: E402
-from varlib.report import provenance, write_provenance  # noqa: E402
-from varlib.tokenizer import VQVAE  # noqa: E402
-from varlib.tokenizer_train import PatchDiscriminator, TokenizerStep  # noqa: E402
+from varlib.config import get_profile
+from varlib.data import load_split, to_float
+from varlib.report import provenance, write_provenance
+from varlib.timing import profile_table, time_steps
+from varlib.tokenizer import VQVAE
+from varlib.tokenizer_train import PatchDiscriminator, TokenizerStep
 
 
 def make_step(prof, compile: bool, channels_last: bool, device: torch.device):
@@ -41,7 +36,7 @@ def make_step(prof, compile: bool, channels_last: bool, device: torch.device):
     disc = PatchDiscriminator(prof.tokenizer.in_channels).to(device, memory_format=fmt).train()
     step = TokenizerStep(vae, disc, dataclasses.replace(prof.tokenizer_train, compile=compile), device)
     images = load_split(prof.data, "train").images_u8[:prof.tokenizer_train.batch_size].to(device)
-    x = images.float().div(127.5).sub(1.0).contiguous(memory_format=fmt)
+    x = to_float(images).contiguous(memory_format=fmt)
     return step, x
 
 

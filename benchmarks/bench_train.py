@@ -15,9 +15,10 @@ over the L tokens, backward, clip, fused AdamW), on their model built by their `
 Their builder replaces `reset_parameters` on torch's layer classes for the whole process, so varlib's models are built
 and measured first. A variant that fails is recorded with its error and the others still run.
 
-FLOPs per token = 6 x (matmul parameters) + 12 x depth x L x width (attention scores and values, forward + backward);
-MFU is per GPU, against 989 TFLOP/s (H100 SXM dense bf16). `gpu_busy`: the share of two steps' span in which the GPU
-runs kernels (near 1: the time is in the kernels; below, the GPU waits on the host).
+FLOPs per token: the model's `flops_per_token()`, 6 x (matmul parameters) + 12 x depth x L x width (attention scores
+and values, forward + backward); MFU (`varlib.timing.mfu`) is per GPU, against 989 TFLOP/s (H100 SXM dense bf16).
+`gpu_busy`: the share of two steps' span in which the GPU runs kernels (near 1: the time is in the kernels; below, the
+GPU waits on the host). The timing helpers are varlib.timing's.
 
 Under torchrun each of the N processes runs varlib's step under DistributedDataParallel on its own GPU and its own
 random batch of --batch sequences (weak scaling: the global batch is N x --batch); tokens/s counts all N, MFU is per
@@ -32,10 +33,7 @@ import dataclasses
 import gc
 import json
 import platform
-import sys
-import tempfile
 import time
-import types
 from pathlib import Path
 
 import torch
@@ -43,99 +41,18 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
+from varlib.authors import import_authors_models
 from varlib.config import PAPER_SCALES_256, TokenizerConfig, TrainConfig, VARConfig, get_profile
+from varlib.device import autocast
 from varlib.parallel import rank_and_world, setup_distributed
 from varlib.report import provenance, write_provenance
+from varlib.timing import PEAK_FLOPS, gpu_busy, mfu, time_steps, write_profile
 from varlib.tokenizer import VQVAE, split_scales
-from varlib.train import TrainStep, autocast, evaluate
+from varlib.train import TrainStep, evaluate
 from varlib.transformer import build_model
 
-PEAK_FLOPS = 989e12
 VARLIB_VARIANTS = ["varlib eager", "varlib eager + chunked CE", "varlib compile", "varlib compile + chunked CE"]
 AUTHORS_VARIANTS = ["authors as released", "authors compile"]
-
-
-def flops_per_token(depth: int, vocab_size: int, z_channels: int, num_tokens: int, mlp_ratio: float = 4.0) -> float:
-    """6 x matmul parameters (attention qkv + proj, MLP, word embedding, head; the AdaLN linears act once per
-    sequence, not per token) + 12 x depth x L x width for the attention itself."""
-    width = 64 * depth
-    per_block = 4 * width * width + 2 * mlp_ratio * width * width
-    matmul_params = depth * per_block + width * vocab_size + z_channels * width
-    return 6 * matmul_params + 12 * depth * num_tokens * width
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def time_steps(step, device: torch.device, warmup: int, steps: int) -> dict:
-    """Seconds per step after `warmup` untimed steps (compilation happens there), and the peak memory."""
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    t0 = time.perf_counter()
-    for _ in range(warmup):
-        step()
-    sync(device)
-    t1 = time.perf_counter()
-    for _ in range(steps):
-        step()
-    sync(device)
-    out = dict(s_per_step=(time.perf_counter() - t1) / steps, warmup_s=t1 - t0)
-    if device.type == "cuda":
-        out["peak_mem_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
-    return out
-
-
-def profile_table(fn, device: torch.device, calls: int = 1, rows: int = 30) -> str:
-    """torch.profiler's table of the operators and kernels of `calls` calls of `fn`, by self device time (CUDA) or
-    self CPU time: where the time of a step goes."""
-    acts = [torch.profiler.ProfilerActivity.CPU]
-    if device.type == "cuda":
-        acts.append(torch.profiler.ProfilerActivity.CUDA)
-    with torch.profiler.profile(activities=acts) as prof:
-        for _ in range(calls):
-            fn()
-        sync(device)
-    key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
-    return prof.key_averages().table(sort_by=key, row_limit=rows, max_name_column_width=90)
-
-
-def busy_time(intervals_us: list[tuple[float, float]]) -> tuple[float, float]:
-    """(window, busy) of (start, end) intervals: the span from the first start to the last end, and the part of it
-    covered by at least one interval."""
-    busy, covered_to = 0.0, -float("inf")
-    for start, end in sorted(intervals_us):
-        busy += max(0.0, end - max(start, covered_to))
-        covered_to = max(covered_to, end)
-    window = covered_to - min(start for start, _ in intervals_us) if intervals_us else 0.0
-    return window, busy
-
-
-def gpu_busy(fn, device: torch.device, calls: int = 1) -> dict:
-    """How much of the span of its work the GPU spends running the kernels, copies and memsets of `calls` calls of
-    `fn` (from the profiler's trace): a fraction near 1 means the time is in the kernels, not in waits on the host.
-    CUDA only; an empty dict elsewhere."""
-    if device.type != "cuda":
-        return {}
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-        for _ in range(calls):
-            fn()
-        sync(device)
-    with tempfile.TemporaryDirectory() as tmp:
-        trace = Path(tmp) / "trace.json"
-        prof.export_chrome_trace(str(trace))
-        events = json.loads(trace.read_text())["traceEvents"]
-    window, busy = busy_time([(e["ts"], e["ts"] + e["dur"]) for e in events
-                              if e.get("cat") in ("kernel", "gpu_memcpy", "gpu_memset")])
-    return dict(gpu_window_ms=window / 1e3 / calls, gpu_busy_ms=busy / 1e3 / calls, gpu_busy=busy / window)
-
-
-def write_profile(folder: Path | None, name: str, fn, device: torch.device, calls: int, rows: int = 30) -> None:
-    """With a folder: `profile_table` of `calls` calls of `fn`, written to <folder>/<name>.txt; None: nothing."""
-    if folder is not None:
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / f"{name}.txt").write_text(profile_table(fn, device, calls, rows))
 
 
 def random_batch(var_cfg: VARConfig, batch: int, device: torch.device, seed: int = 0):
@@ -155,22 +72,6 @@ def varlib_variant(var_cfg: VARConfig, tok_cfg: TokenizerConfig, train_cfg: Trai
     train_step = TrainStep(model, vae, train_cfg, device, chunk=chunk, world=world)
     idx_BL, label_B = random_batch(var_cfg, batch, device, seed=rank)
     return lambda: train_step(label_B, idx_BL, train_cfg.lr), model
-
-
-def load_authors(authors_dir: Path, device: torch.device):
-    """Import the authors' `models` package with stand-ins for the two modules it needs only at import time: their
-    `dist` helper (device and process-group queries) and huggingface_hub's mixin (Hub upload, unused here)."""
-    dist_standin = types.ModuleType("dist")
-    dist_standin.get_device = lambda: device
-    dist_standin.initialized = lambda: False
-    hub_standin = types.ModuleType("huggingface_hub")
-    hub_standin.PyTorchModelHubMixin = type("PyTorchModelHubMixin", (), {})
-    sys.modules.setdefault("dist", dist_standin)
-    sys.modules.setdefault("huggingface_hub", hub_standin)
-    sys.path.insert(0, str(authors_dir))
-    import models  # noqa: PLC0415 -- the authors' package, importable only after the path and stand-ins are set
-
-    return models
 
 
 def authors_variant(models, var_cfg: VARConfig, tok_cfg: TokenizerConfig, train_cfg: TrainConfig, batch: int,
@@ -229,7 +130,7 @@ def run_variant(name: str, make, device: torch.device, tokens_per_step: int, flo
     torch._dynamo.reset()
     if "s_per_step" in rec:
         rec["tokens_per_s"] = tokens_per_step / rec["s_per_step"]
-        rec["mfu"] = rec["tokens_per_s"] / rank_and_world()[1] * flops_token / PEAK_FLOPS
+        rec["mfu"] = mfu(rec["tokens_per_s"], flops_token, world=rank_and_world()[1])
         say(f"   {rec['s_per_step']:.4f} s/step  {rec['tokens_per_s'] / 1e3:.1f}k tokens/s  MFU {rec['mfu']:.1%}  "
               f"peak {rec.get('peak_mem_gb', float('nan')):.1f} GiB  GPU busy {rec.get('gpu_busy', float('nan')):.1%}  "
               f"(warm-up {rec['warmup_s']:.1f} s)")
@@ -249,7 +150,9 @@ def throughput(args) -> dict:
                         scales=scales)
     train_cfg = TrainConfig(batch_size=batch)
     L = var_cfg.num_tokens
-    tokens_per_step, flops_token = world * batch * L, flops_per_token(depth, V, var_cfg.z_channels, L)
+    with torch.device("meta"):  # the FLOPs count needs the layer shapes only, not weights
+        flops_token = build_model(var_cfg).flops_per_token()
+    tokens_per_step = world * batch * L
     say(f"d{depth}, {len(scales)} scales, L={L}, V={V}, batch {batch} per process, {world} process(es), {device}: "
         f"{flops_token / 1e9:.3f} GFLOP/token")
     # profiler tables only with one process: under DDP every rank would have to run the profiled steps too
@@ -268,7 +171,7 @@ def throughput(args) -> dict:
             results.append(run_variant(name, lambda cfg=cfg, chunk=chunk: varlib_variant(
                 var_cfg, tok_cfg, cfg, batch, device, chunk), **common))
     if args.authors_dir is not None and chosen & set(AUTHORS_VARIANTS) and world == 1:
-        models = load_authors(Path(args.authors_dir), device)
+        models = import_authors_models(Path(args.authors_dir), device)
         for name in AUTHORS_VARIANTS:
             if name in chosen:
                 results.append(run_variant(name, lambda compile="compile" in name: authors_variant(

@@ -15,14 +15,15 @@ input, the authors' tokens, their coarse-to-fine reconstructions, teacher-forcin
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import math
-import sys
-import types
 from pathlib import Path
 
 import torch
+
+from varlib.authors import import_authors_models
+from varlib.config import TokenizerConfig
+from varlib.tokenizer import VQVAE
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURE = ROOT / "tests" / "fixtures" / "tokenizer_compat.pt"
@@ -53,19 +54,6 @@ def seeded_state_dict(shapes: dict[str, tuple[int, ...]], seed: int) -> dict[str
     return out
 
 
-def import_authors_vqvae(authors_dir: Path):
-    """The authors' `models.vqvae` module, imported without their package __init__ (which needs huggingface_hub)
-    and with a stand-in for their `dist` module (single process)."""
-    sys.path.insert(0, str(authors_dir))
-    dist = types.ModuleType("dist")
-    dist.initialized = lambda: False
-    sys.modules["dist"] = dist
-    models = types.ModuleType("models")
-    models.__path__ = [str(authors_dir / "models")]
-    sys.modules["models"] = models
-    return importlib.import_module("models.vqvae")
-
-
 def shapes_of(state: dict[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
     return {k: tuple(v.shape) for k, v in state.items()}
 
@@ -89,10 +77,6 @@ def make_fixture(vqvae_mod) -> dict:
 
 
 def check_full_width(vqvae_mod) -> None:
-    sys.path.insert(0, str(ROOT))
-    from varlib.config import TokenizerConfig
-    from varlib.tokenizer import VQVAE
-
     theirs = vqvae_mod.VQVAE(vocab_size=4096, z_channels=32, ch=160, share_quant_resi=4, test_mode=True)
     ours = VQVAE(TokenizerConfig.paper())
     their_shapes, our_shapes = shapes_of(theirs.state_dict()), shapes_of(ours.state_dict())
@@ -111,17 +95,17 @@ def check_full_width(vqvae_mod) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--authors-dir", type=Path, required=True, help="checkout of FoundationVision/VAR")
+    parser.add_argument("--out", type=Path, default=FIXTURE)
     parser.add_argument("--full", action="store_true", help="also check the paper-width model (not stored)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    if not (args.authors_dir / "models" / "vqvae.py").is_file():
-        raise SystemExit(f"{args.authors_dir}: no models/vqvae.py; pass a checkout of FoundationVision/VAR")
+    # their VQ loss in training mode asks torch.distributed for the world size
     torch.distributed.init_process_group("gloo", init_method="tcp://127.0.0.1:29531", rank=0, world_size=1)
-    vqvae_mod = import_authors_vqvae(args.authors_dir.resolve())
+    vqvae_mod = import_authors_models(args.authors_dir).vqvae
     fixture = make_fixture(vqvae_mod)
-    FIXTURE.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(fixture, FIXTURE)
-    log.info("wrote %s (%d bytes); tokens per scale: %s", FIXTURE, FIXTURE.stat().st_size,
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(fixture, args.out)
+    log.info("wrote %s (%d bytes); tokens per scale: %s", args.out, args.out.stat().st_size,
              [t[0].tolist() for t in fixture["idx_Bl"]])
     if args.full:
         check_full_width(vqvae_mod)

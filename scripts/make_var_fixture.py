@@ -2,12 +2,14 @@
 
     .venv/bin/python scripts/make_var_fixture.py --authors-dir .authors/VAR [--full]
 
-Two reduced models (depth 2, width 64 in 2 heads, V=64, Cvae=32, scales (1, 2, 3, 4), 10 classes): one with
-attention normalisation and per-block AdaLN (the released setting), one without attention normalisation and with
-shared AdaLN. Their weights are the authors' initialisation plus seeded noise (so that no block is close to the
-identity and some attention temperatures exceed the log(100) clamp). The fixture holds each state dict, the inputs
-and the authors' teacher-forcing logits with class dropout disabled; the test loads the state dict into varlib's
-`VAR` with strict=True and compares logits, without the authors' code.
+Three reduced models (depth 2, V=64, Cvae=32, 10 classes): at width 64 in 2 heads and scales (1, 2, 3, 4), one with
+attention normalisation and per-block AdaLN (the released setting) and one without attention normalisation and with
+shared AdaLN; and at width 32 the released setting over scales (1, 2, 4, 8), whose last scale (64 tokens) takes
+varlib's split-attention path (`transformer.mask_plan`). Their weights are the authors' initialisation plus seeded
+noise (so that no block is close to the identity and some attention temperatures exceed the log(100) clamp). The
+fixture holds each state dict, the inputs and the authors' teacher-forcing logits with class dropout disabled; the
+test loads the state dict into varlib's `VAR` with strict=True and compares logits, without the authors' code. The
+authors' code is imported by `varlib.authors.import_authors_models`.
 
 --full also checks the paper's d16 model (220 keys, 310.28M parameters): the same key set, shapes and buffers as
 varlib's, and strict loading of the authors' state dict (nothing is stored).
@@ -16,53 +18,29 @@ varlib's, and strict loading of the authors' state dict (nothing is stored).
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import math
-import sys
-import types
 from pathlib import Path
 
 import torch
 
+from varlib.authors import authors_var, import_authors_models
+from varlib.config import VARConfig
+from varlib.transformer import VAR, mask_plan
+
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURE = ROOT / "tests" / "fixtures" / "var_compat.pt"
 REDUCED = dict(depth=2, head_dim=32, num_classes=10, vocab_size=64, z_channels=32, scales=(1, 2, 3, 4))
-VARIANTS = {"anorm": dict(attn_l2_norm=True, shared_aln=False), "shared_aln": dict(attn_l2_norm=False, shared_aln=True)}
+CASES = {  # appended cases keep the earlier ones bit-identical (seeds and draws are in this order)
+    "anorm": dict(attn_l2_norm=True, shared_aln=False),
+    "shared_aln": dict(attn_l2_norm=False, shared_aln=True),
+    # the last scale has 8 x 8 = 64 tokens >= SPLIT_MIN_TOKENS: varlib's split-attention path (mask_plan groups)
+    "split": dict(head_dim=16, scales=(1, 2, 4, 8), attn_l2_norm=True, shared_aln=False),
+}
 PAPER_SCALES = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
 SEED = 0
 
 log = logging.getLogger("make_var_fixture")
-
-
-def import_authors_models(authors_dir: Path):
-    """The authors' `models` package (var, vqvae), imported with single-process stand-ins for their `dist` module
-    and for `huggingface_hub` (only the hub mix-in class is imported from it). The stand-ins live in this process's
-    sys.modules only; their `build_vae_var` (which patches torch classes) is never called."""
-    authors_dir = Path(authors_dir).resolve()
-    if not (authors_dir / "models" / "var.py").is_file():
-        raise SystemExit(f"{authors_dir}: no models/var.py; pass --authors-dir pointing at a FoundationVision/VAR "
-                         f"checkout")
-    sys.path.insert(0, str(authors_dir))
-    dist = types.ModuleType("dist")
-    dist.initialized = lambda: False
-    dist.get_device = lambda: torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    sys.modules["dist"] = dist
-    hub = types.ModuleType("huggingface_hub")
-    hub.PyTorchModelHubMixin = type("PyTorchModelHubMixin", (), {})
-    sys.modules["huggingface_hub"] = hub
-    return importlib.import_module("models")
-
-
-def authors_var(models, cfg, cond_drop_rate: float, device="cpu"):
-    """The authors' VAR at a varlib VARConfig, initialised by their init_weights (without their builder)."""
-    vae_stub = types.SimpleNamespace(Cvae=cfg.z_channels, vocab_size=cfg.vocab_size, quantize=None)
-    var = models.VAR(vae_stub, num_classes=cfg.num_classes, depth=cfg.depth, embed_dim=cfg.width,
-                     num_heads=cfg.num_heads, drop_path_rate=cfg.drop_path, norm_eps=cfg.norm_eps,
-                     shared_aln=cfg.shared_aln, cond_drop_rate=cond_drop_rate, attn_l2_norm=cfg.attn_l2_norm,
-                     patch_nums=cfg.scales, flash_if_available=False, fused_if_available=False).to(device)
-    var.init_weights(init_adaln=0.5, init_adaln_gamma=1e-5, init_head=0.02, init_std=-1)
-    return var
 
 
 def perturbed(state: dict[str, torch.Tensor], seed: int) -> dict[str, torch.Tensor]:
@@ -81,12 +59,10 @@ def perturbed(state: dict[str, torch.Tensor], seed: int) -> dict[str, torch.Tens
 
 
 def make_fixture(models) -> dict:
-    from varlib.config import VARConfig
-
     g = torch.Generator().manual_seed(SEED)
     cases = {}
-    for i, (name, overrides) in enumerate(VARIANTS.items()):
-        cfg = VARConfig(**REDUCED, **overrides)
+    for i, (name, overrides) in enumerate(CASES.items()):
+        cfg = VARConfig(**{**REDUCED, **overrides})
         theirs = authors_var(models, cfg, cond_drop_rate=0.0)
         theirs.load_state_dict(perturbed(theirs.state_dict(), SEED + i), strict=True)
         theirs.eval()
@@ -96,15 +72,13 @@ def make_fixture(models) -> dict:
             logits_BLV = theirs(label_B, x_BLCv)
         cases[name] = {"config": {**REDUCED, **overrides}, "state_dict": theirs.state_dict(), "label_B": label_B,
                        "x_BLCv_wo_first_l": x_BLCv, "logits_BLV": logits_BLV}
-        log.info("%s: %d keys, logits %s", name, len(cases[name]["state_dict"]), tuple(logits_BLV.shape))
+        log.info("%s: %d keys, logits %s, split groups %s", name, len(cases[name]["state_dict"]),
+                 tuple(logits_BLV.shape), mask_plan([pn * pn for pn in cfg.scales])[2])
     return {"seed": SEED, "cases": cases}
 
 
 def check_full(models) -> None:
     """d16 as released: same keys, shapes, buffers; strict load both ways; parameter count (authors' 310.28M)."""
-    from varlib.config import VARConfig
-    from varlib.transformer import VAR
-
     cfg = VARConfig(depth=16, num_classes=1000, vocab_size=4096, scales=PAPER_SCALES)
     ours = VAR(cfg)
     theirs = authors_var(models, cfg, cond_drop_rate=0.1)
@@ -133,7 +107,6 @@ def main() -> None:
     parser.add_argument("--full", action="store_true", help="also compare the full d16 key set (nothing stored)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
-    sys.path.insert(0, str(ROOT))
     torch.manual_seed(SEED)
     models = import_authors_models(args.authors_dir)
     fixture = make_fixture(models)

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from varlib import paper
+
 ROOT = Path(__file__).resolve().parents[1]
 BEGIN, END = "<!-- results:begin (scripts/readme_results.py) -->", "<!-- results:end -->"
 
@@ -113,7 +115,8 @@ def scaling() -> str:
     last = curves[curves.step == curves.step.max()]
     gaps = ", ".join(f"{r.model} {r.train_loss:.3f} / {r.test_loss_all:.3f}" for r in last.itertuples())
     return (f"### Scaling laws (Sec. 5, Figs. 5-6)\n\nPaper: test loss and token error follow power laws in N and "
-            f"C with Pearson r near -0.998. Ours ({source('04_scaling')}):\n\n{md(runs)}\n\n{md(f[cols])}\n\n"
+            f"C with Pearson r near {paper.SCALING_PEARSON_R}. Ours ({source('04_scaling')}):\n\n{md(runs)}\n\n"
+            f"{md(f[cols])}\n\n"
             f"Figures: {figure('04_scaling', 'fig5_loss_vs_params')}, {figure('04_scaling', 'fig6_loss_vs_compute')}."
             f" Verdict: {verdict(strong and n_monotone, some)} (rule: every fit has r < -0.95 and the final test "
             f"loss falls with every added depth; partly where every r < -0.9). The paper's exponents are for "
@@ -158,14 +161,15 @@ def speed() -> str:
     steps = t.pivot(index="grid", columns="model", values="steps").add_suffix(" steps")
     wide = t.drop_duplicates("grid")[["grid", "speedup_VAR_over_AR", "paper_speedup"]].merge(steps.reset_index())
     at16 = wide[wide.grid == 16]
-    ok = bool(len(at16)) and bool(at16.speedup_VAR_over_AR.iloc[0] >= 0.75 * at16.paper_speedup.iloc[0])
+    ok = bool(len(at16)) and bool(at16.speedup_VAR_over_AR.iloc[0] >= 0.75 * paper.SPEEDUP_OVER_AR)
     eager = sampler_bench("bench_sampler_eager.json")
     paper_size = load("results/bench_sampler/ar_vs_var/ar_vs_var.json")["ar_compare"]
     wide_b = eager.pivot_table(index=["depth", "batch"], columns="impl", values="images_per_s").reset_index()
-    return (f"### Speed (Sec. 1, 4: ~20x over raster AR)\n\nOurs ({source('07_speed')}; grid = the side n of the "
-            f"final n x n token map; random weights, same depth, same batch):\n\n{md(wide)}\n\n"
+    return (f"### Speed (Sec. 1, 4: ~{paper.SPEEDUP_OVER_AR:g}x over raster AR)\n\nOurs ({source('07_speed')}; grid = "
+            f"the side n of the final n x n token map; random weights, same depth, same batch):\n\n{md(wide)}\n\n"
             f"Figure: {figure('07_speed', 'var_vs_ar')}. Verdict: {verdict(ok)} (rule: at the paper's 16x16 grid "
-            f"VAR is at least 0.75 x 20 times faster than AR). At the paper's size (d{paper_size['depth']}, "
+            f"VAR is at least 0.75 x {paper.SPEEDUP_OVER_AR:g} times faster than AR). At the paper's size "
+            f"(d{paper_size['depth']}, "
             f"{paper_size['var_params'] / 1e6:.0f}M against {paper_size['ar_params'] / 1e6:.0f}M parameters, "
             f"{paper_size['grid']} tokens, B={paper_size['batch']}, eager, one H100, "
             f"`results/bench_sampler/ar_vs_var/`): AR takes {paper_size['ar_over_var_time']:.1f}x VAR's time."

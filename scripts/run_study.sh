@@ -16,21 +16,17 @@ cd "$(dirname "$0")/.."
 py=${PYTHON:-python3}
 mkdir -p "$out/logs"
 
-warm() {  # $1: what to build (tokenizer | ar_tokenizer | classifier)
+warm() {  # $1: what to build (tokenizer | ar_tokenizer | classifier), through the Study every notebook makes
   "$py" - "$profile" "$device" "$1" <<'EOF'
 import sys
-from varlib.config import ar_baseline, get_profile
-from varlib.metrics import get_classifier
-from varlib.report import resolve_device
-from varlib.tokenizer_train import get_tokenizer
+from varlib.study import Study
 
-profile, device, what = sys.argv[1], resolve_device(sys.argv[2]), sys.argv[3]
-prof = get_profile(profile)
+profile, device, what = sys.argv[1:]
+study = Study.create(profile, device=device)
 if what == "classifier":
-    get_classifier(prof.data, prof.classifier_epochs, device)
+    study.classifier()
 else:
-    tok = prof.tokenizer if what == "tokenizer" else ar_baseline(prof)[0]
-    get_tokenizer(prof.data, tok, prof.tokenizer_train, device)
+    study.tokenizer(study.profile.tokenizer if what == "tokenizer" else study.ar_configs()[0])
 EOF
 }
 

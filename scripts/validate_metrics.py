@@ -1,4 +1,4 @@
-"""Do varlib's generation metrics mean something? Writes results/validate_metrics/ (tables and provenance).
+"""Do varlib's generation metrics mean something? Writes results/validate_metrics/<profile>/ (tables, provenance).
 
 Real and corrupted image sets are scored against a held-apart half of the test split, on the profile's feature
 classifier: a sample of real training images must score far better than blurred or noisy test images, FID must rise
@@ -17,17 +17,11 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from varlib.config import get_profile
-from varlib.data import load_split
-from varlib.metrics import (
-    classifier_features,
-    degrade,
-    frechet_distance,
-    generation_metrics,
-    get_classifier,
-    metric_name,
-)
-from varlib.report import Report, resolve_device
+from varlib.classifier import classifier_features
+from varlib.device import resolve_device
+from varlib.metrics import degrade, frechet_distance, generation_metrics, metric_name
+from varlib.report import Report
+from varlib.study import Study
 
 ROOT = Path(__file__).resolve().parents[1]
 BLUR_SIGMAS = (0.5, 1.0, 1.5, 2.0, 3.0)
@@ -44,11 +38,11 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(2)
     device = resolve_device(args.device)
-    prof = get_profile(args.profile)
-    report = Report("validate_metrics", vars(args), out_dir=ROOT, device=device, seed=args.seed)
+    study = Study.create(args.profile, device=device)
+    report = Report("validate_metrics", vars(args), out_dir=ROOT, device=device, seed=args.seed, profile=args.profile)
 
-    clf = get_classifier(prof.data, prof.classifier_epochs, device)
-    train, test = load_split(prof.data, "train"), load_split(prof.data, "test")
+    clf = study.classifier()
+    train, test = study.split("train"), study.split("test")
     half = len(test) // 2
     if args.n > half:
         raise SystemExit(f"--n {args.n} is larger than half the test split ({half}); pass --n {half} or less")

@@ -17,6 +17,7 @@ import torch
 import torch.distributed as dist
 
 from varlib.config import DataConfig, TokenizerConfig, TokenizerTrainConfig, TrainConfig, VARConfig
+from varlib.data import load_split
 from varlib.tokenizer import VQVAE
 from varlib.tokenizer_train import train_tokenizer
 from varlib.train import train_model
@@ -42,7 +43,7 @@ def trained(out: Path | None = None) -> dict:
 
 
 def trained_tokenizer() -> dict:
-    vae, history = train_tokenizer(TOK_DATA, TOK, TOK_TRAIN, "cpu", progress=False)
+    vae, history = train_tokenizer(load_split(TOK_DATA, "train").images_u8, TOK, TOK_TRAIN, "cpu", progress=False)
     return dict(params=vae.state_dict(), history=history.to_dict("list"))
 
 

@@ -1,3 +1,6 @@
+"""Image metrics (PSNR, SSIM, LPIPS), the feature classifier, and the generation metrics computed on its features
+through torch-fidelity (FID, IS, KID, precision-recall), on real Fashion-MNIST images and controlled corruptions."""
+
 import dataclasses
 import logging
 import math
@@ -5,27 +8,35 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn as nn
+import torchvision
 from PIL import Image
 
-from varlib.artifacts import ArtifactError, cache_dir
-from varlib.config import DataConfig
-from varlib.data import load_split, to_float
-from varlib.metrics import (
+from varlib.artifacts import ArtifactError, cache_dir, read_artifact
+from varlib.classifier import (
+    Classifier,
     MetricInputError,
     class_consistency,
     classifier_features,
+    model_from_payload,
+    predict,
+)
+from varlib.config import DataConfig, get_profile
+from varlib.data import load_split, to_float
+from varlib.metrics import (
+    LPIPS_BACKBONES,
     degrade,
     export_images,
     frechet_distance,
     generation_metrics,
-    get_classifier,
+    load_lpips,
     lpips_distance,
     metric_name,
-    predict,
     psnr,
     rfid,
     ssim,
 )
+from varlib.study import Study
 
 
 def _pair() -> tuple[torch.Tensor, torch.Tensor]:
@@ -78,9 +89,13 @@ def data():
     return DataConfig(limit_train=4000, limit_test=2000)
 
 
+def study_of(data: DataConfig, epochs: int) -> Study:
+    return Study(dataclasses.replace(get_profile("smoke"), data=data, classifier_epochs=epochs), "cpu")
+
+
 @pytest.fixture(scope="module")
 def clf(data):
-    return get_classifier(data, epochs=2)
+    return study_of(data, epochs=2).classifier()
 
 
 @pytest.fixture(scope="module")
@@ -99,12 +114,16 @@ def _fid(fake, real, clf) -> float:
     return out[metric_name("FID", len(fake), clf.label)]
 
 
-def test_classifier_learns_and_is_cached(clf, data, caplog):
+def test_classifier_learns_and_is_cached(clf, data, test_split, caplog):
     assert clf.test_accuracy > 0.7  # chance is 0.1
     assert clf.model.head.out_features == 10 and clf.feature_dim == 128
     with caplog.at_level(logging.INFO, logger="varlib.artifacts"):
-        again = get_classifier(data, epochs=2)
+        again = study_of(data, epochs=2).classifier()
     assert "cache hit" in caplog.text and again.digest == clf.digest
+    # the stored payload (read with weights_only=True) rebuilds the same network: what torch-fidelity's extractor loads
+    rebuilt = model_from_payload(read_artifact(clf.path))
+    images = test_split.images_u8[:64]
+    assert torch.equal(predict(rebuilt, images), predict(clf.model, images))
 
 
 def test_fid_equals_scipy_reference_on_the_same_features(clf, test_split, reference):
@@ -143,10 +162,32 @@ def test_all_metrics_labelled_and_real_statistics_cached_by_content(clf, test_sp
     assert _fid(fake, test_split.images_u8, clf) == pytest.approx(first[metric_name("FID", N, clf.label)], abs=1e-9)
 
 
-def test_class_consistency(clf, test_split):
+class Brightness(nn.Module):
+    """A classifier whose answer is known exactly: class 1 for images brighter than mid-grey, else class 0."""
+
+    def forward(self, x_BCHW: torch.Tensor) -> torch.Tensor:
+        m = x_BCHW.mean((1, 2, 3))
+        return torch.stack([-m, m], dim=1)
+
+
+def test_class_consistency_counts_the_samples_of_the_asked_class(tmp_path):
+    exact = Classifier(Brightness(), tmp_path / "none.pt", "0", "brightness", in_channels=1, resolution=8,
+                       test_accuracy=1.0)
+    images = torch.full((10, 1, 8, 8), 230, dtype=torch.uint8)
+    images[6:] = 20
+    # asked for: 6 bright (class 1) then 4 dark (class 0); 2 bright and 1 dark were asked for the other class
+    labels = torch.tensor([1, 1, 1, 1, 0, 0, 0, 0, 0, 1], dtype=torch.int32)
+    assert class_consistency(exact, images, labels) == pytest.approx(7 / 10)
+    assert class_consistency(exact, images, torch.tensor([1] * 6 + [0] * 4)) == 1.0
+    assert class_consistency(exact, images, torch.tensor([0] * 6 + [1] * 4)) == 0.0
+    with pytest.raises(MetricInputError, match="10 images but 9 labels"):
+        class_consistency(exact, images, labels[:9])
+
+
+def test_class_consistency_of_real_images_with_their_true_classes(clf, test_split):
     images, labels = test_split.images_u8[:N], test_split.labels[:N]
     right = class_consistency(clf, images, labels)
-    assert right == pytest.approx((predict(clf.model, images) == labels).float().mean().item())
+    assert right == pytest.approx(clf.test_accuracy, abs=0.08)  # the same classifier's accuracy on the test split
     assert right > 0.7 and class_consistency(clf, images, (labels + 1) % 10) < 0.25
 
 
@@ -169,7 +210,7 @@ def test_bad_input_is_explained(clf, test_split, reference):
     with pytest.raises(MetricInputError, match="differ in shape"):
         rfid(fake, fake[:200], clf)
     missing = dataclasses.replace(clf, path=clf.path.with_name("deleted.pt"))
-    with pytest.raises(ArtifactError, match="get_classifier"):
+    with pytest.raises(ArtifactError, match="Study.classifier"):
         generation_metrics(fake, reference, missing)
 
 
@@ -182,14 +223,35 @@ def test_export_images_round_trip(tmp_path, test_split):
     assert (back == x).all()
 
 
-def test_lpips_needs_real_backbone_weights(caplog):
+def test_lpips_is_skipped_without_backbone_weights(tmp_path, monkeypatch, caplog):
+    """Offline the ImageNet backbone cannot be downloaded, and a random one is no perceptual metric: None, logged."""
+    monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path / "empty-hub"))
     x = torch.rand(2, 1, 32, 32) * 2 - 1
     with caplog.at_level(logging.WARNING, logger="varlib.metrics"):
-        d = lpips_distance(x, x.flip(-1))
-    if d is None:  # offline: the ImageNet backbone cannot be downloaded, and a random one is no perceptual metric
-        assert "LPIPS skipped" in caplog.text
-    else:
-        assert d.shape == (2,) and (d > 0).all() and lpips_distance(x, x).abs().max() < 1e-6
+        assert lpips_distance(x, x.flip(-1)) is None
+        assert load_lpips("vgg") is None
+    expected = tmp_path / "empty-hub" / "checkpoints" / LPIPS_BACKBONES["alex"]
+    assert f"LPIPS skipped: the alex backbone weights are not at {expected}" in caplog.text
+    assert "LPIPS skipped: the vgg backbone" in caplog.text
+    with pytest.raises(ValueError, match="one of"):
+        load_lpips("resnet")
+
+
+@pytest.mark.filterwarnings("ignore:.*(pretrained|weight enum).*:UserWarning")  # lpips calls torchvision's old API
+def test_lpips_uses_the_backbone_weights_in_the_hub_cache(tmp_path, monkeypatch):
+    """With a backbone file in torch's hub cache (here a seeded stand-in for squeezenet1_1's ImageNet weights, which
+    cannot be downloaded offline) LPIPS is built on exactly those weights."""
+    monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path / "hub"))
+    torch.manual_seed(0)
+    state = torchvision.models.squeezenet1_1().state_dict()
+    (tmp_path / "hub" / "checkpoints").mkdir(parents=True)
+    torch.save(state, tmp_path / "hub" / "checkpoints" / LPIPS_BACKBONES["squeeze"])
+    model = load_lpips("squeeze")
+    assert model is not None and not model.training
+    assert torch.equal(model.net.slice1[0].weight, state["features.0.weight"])
+    x = torch.rand(2, 1, 32, 32) * 2 - 1
+    d = lpips_distance(x, x.flip(-1), model=model)
+    assert d.shape == (2,) and (d > 0).all() and lpips_distance(x, x, model=model).abs().max() < 1e-6
 
 
 def test_rgb_image_folder(tmp_path):
@@ -201,7 +263,8 @@ def test_rgb_image_folder(tmp_path):
             img = np.clip(np.array(colour) + gen.normal(0, 30, (16, 16, 3)), 0, 255).astype(np.uint8)
             Image.fromarray(img).save(tmp_path / f"c{ci}" / f"{j}.png")
     data = DataConfig(name=str(tmp_path), resolution=16, channels=3, holdout=0.25)
-    rgb = get_classifier(data, epochs=15)
+    rgb = Study(dataclasses.replace(get_profile("smoke", num_classes=3), data=data, classifier_epochs=15),
+                "cpu").classifier()
     assert (rgb.in_channels, rgb.model.head.out_features) == (3, 3)
     test = load_split(data, "test")
     assert class_consistency(rgb, test.images_u8, test.labels) > 0.9

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import papermill as pm
 import pytest
+from helpers import image_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("0*.ipynb"))
@@ -24,14 +25,29 @@ def test_notebook_smoke(nb, tmp_path):
         f"{nb.name} is committed with outputs; clear them"
     pm.execute_notebook(str(nb), str(tmp_path / nb.name), parameters={"profile": "smoke", "out_dir": str(tmp_path)},
                         cwd=str(nb.parent), kernel_name="python3", progress_bar=False)
-    results, figures = tmp_path / "results" / nb.stem, tmp_path / "figures" / nb.stem
+    # a smoke run writes into its own folders, never over the full profile's results/<notebook>/
+    results, figures = tmp_path / "results" / nb.stem / "smoke", tmp_path / "figures" / nb.stem / "smoke"
     assert list(results.glob("*.csv")), f"{nb.name} wrote no table"
     assert list(figures.glob("*.png")), f"{nb.name} wrote no figure"
+    assert not list((tmp_path / "results" / nb.stem).glob("*.csv"))
     for folder in (results, figures):
         prov = json.loads((folder / "provenance.json").read_text())
         assert prov["parameters"]["profile"] == "smoke" and prov["git_sha"] and prov["torch"]
-    assert not (ROOT / "results" / nb.stem / "provenance.json").exists() or \
-        json.loads((ROOT / "results" / nb.stem / "provenance.json").read_text())["parameters"]["profile"] != "smoke"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("classes", [2, 11, 12])
+def test_train_var_notebook_on_image_folders_of_any_class_count(classes, tmp_path):
+    """The transformer gets the data's class count (11 must not make the last class the null class, 12 must not
+    crash after the tokenizer has trained) and the sample grid one row per existing class, named."""
+    folder = image_folder(tmp_path / "imgs", classes, per_class=4, seed=classes, prefix="kind")
+    nb = ROOT / "notebooks" / "02_train_var.ipynb"
+    pm.execute_notebook(str(nb), str(tmp_path / nb.name), cwd=str(nb.parent), kernel_name="python3",
+                        progress_bar=False, parameters={"profile": "smoke", "out_dir": str(tmp_path),
+                                                        "dataset": str(folder), "resolution": 16, "per_class": 2})
+    prov = json.loads((tmp_path / "results" / nb.stem / "smoke" / "provenance.json").read_text())
+    assert prov["var_config"]["num_classes"] == classes
+    assert prov["classes"] == [f"kind{c:02d}" for c in range(classes)]
 
 
 @pytest.mark.slow
@@ -42,9 +58,10 @@ def test_zero_shot_notebook_runs_on_authors_checkpoints(tmp_path):
     import torch
     from PIL import Image
 
+    from varlib.authors import AUTHORS_VAE_FILE
     from varlib.config import PAPER_SCALES_256, TokenizerConfig, VARConfig
     from varlib.tokenizer import VQVAE
-    from varlib.transformer import AUTHORS_VAE_FILE, VAR
+    from varlib.transformer import VAR
 
     tok = TokenizerConfig(in_channels=3, ch=16, ch_mult=(1, 2), num_res_blocks=1, vocab_size=64,
                           scales=PAPER_SCALES_256)
@@ -64,6 +81,6 @@ def test_zero_shot_notebook_runs_on_authors_checkpoints(tmp_path):
                         parameters={"profile": "smoke", "out_dir": str(tmp_path), "authors_dir": str(tmp_path),
                                     "authors_depth": 1, "dataset": str(tmp_path / "images"), "resolution": 32,
                                     "n_images": 2, "n_show": 2, "n_seeds": 1})
-    table = (tmp_path / "results" / "05_zero_shot" / "zero_shot.csv").read_text()
+    table = (tmp_path / "results" / "05_zero_shot" / "smoke" / "zero_shot.csv").read_text()
     assert "authors' checkpoint" in table and "raster" not in table
-    assert len(list((tmp_path / "figures" / "05_zero_shot").glob("*.png"))) == 3
+    assert len(list((tmp_path / "figures" / "05_zero_shot" / "smoke").glob("*.png"))) == 3

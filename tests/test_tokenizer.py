@@ -8,32 +8,14 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import TINY_TOKENIZER, random_images, tiny_vae
 
-from varlib.artifacts import ArtifactError
 from varlib.config import TokenizerConfig
-from varlib.tokenizer import (
-    VQVAE,
-    bicubic_upsample,
-    cat_scales,
-    config_from_state_dict,
-    load_authors_checkpoint,
-    phi_index,
-    split_scales,
-)
+from varlib.tokenizer import VQVAE, bicubic_upsample, cat_scales, phi_index, split_scales
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURE = ROOT / "tests" / "fixtures" / "tokenizer_compat.pt"
-TINY = TokenizerConfig(in_channels=1, ch=16, ch_mult=(1, 2, 2), num_res_blocks=1, vocab_size=32, scales=(1, 2, 3, 4))
-
-
-def tiny_vae(**changes) -> VQVAE:
-    torch.manual_seed(0)
-    return VQVAE(dataclasses.replace(TINY, **changes)).eval()
-
-
-def images(cfg: TokenizerConfig, n: int = 3) -> torch.Tensor:
-    g = torch.Generator().manual_seed(1)
-    return torch.rand(n, cfg.in_channels, cfg.resolution, cfg.resolution, generator=g) * 2 - 1
+TINY = TINY_TOKENIZER
 
 
 @pytest.mark.parametrize("n, size", [(1, 8), (3, 8), (5, 16), (13, 16), (8, 8)])
@@ -58,7 +40,7 @@ def test_matmul_bicubic_equals_interpolate(n, size):
 @torch.no_grad()
 def test_token_shapes_and_ranges_per_scale():
     vae = tiny_vae()
-    idx_Bl = vae.img_to_idxBl(images(TINY))
+    idx_Bl = vae.img_to_idxBl(random_images(TINY))
     assert [tuple(t.shape) for t in idx_Bl] == [(3, pn * pn) for pn in TINY.scales]
     assert all(t.dtype == torch.long and t.min() >= 0 and t.max() < TINY.vocab_size for t in idx_Bl)
     idx_BL = cat_scales(idx_Bl)
@@ -71,7 +53,7 @@ def test_token_shapes_and_ranges_per_scale():
 @torch.no_grad()
 def test_encode_decode_round_trip_matches_coarse_to_fine():
     vae = tiny_vae()
-    x = images(TINY)
+    x = random_images(TINY)
     idx_Bl = vae.img_to_idxBl(x)
     recs = vae.img_to_reconstructed_img(x)
     assert len(recs) == len(TINY.scales)
@@ -84,7 +66,7 @@ def test_encode_decode_round_trip_matches_coarse_to_fine():
 @torch.no_grad()
 def test_teacher_forcing_input_equals_the_samplers_incremental_update(scales):
     vae = tiny_vae(scales=scales)
-    x = images(vae.cfg)
+    x = random_images(vae.cfg)
     codes = vae.quantize.residual_quantize(vae.img_to_f(x))
     var_input = vae.idxBl_to_var_input(codes.idx_Bl)
     K, C = len(scales), TINY.z_channels
@@ -145,7 +127,7 @@ def load_fixture_recipe():
 
 @torch.no_grad()
 def test_matches_the_authors_code_on_the_stored_fixture():
-    fx = torch.load(FIXTURE, weights_only=False)
+    fx = torch.load(FIXTURE, weights_only=True)
     c = fx["config"]
     cfg = dataclasses.replace(TokenizerConfig.paper(c["scales"]), ch=c["ch"], vocab_size=c["vocab_size"],
                               z_channels=c["z_channels"])
@@ -168,41 +150,11 @@ def test_matches_the_authors_code_on_the_stored_fixture():
 
 def test_vq_loss_trains_codebook_and_straight_through_reaches_encoder():
     vae = tiny_vae().train()
-    rec, vq_loss, _ = vae(images(TINY))
+    rec, vq_loss, _ = vae(random_images(TINY))
     (rec.square().mean() + vq_loss).backward()
     assert vae.quantize.embedding.weight.grad.abs().sum() > 0
     assert vae.encoder.conv_in.weight.grad.abs().sum() > 0  # through the straight-through estimator
     assert vae.quantize.ema_vocab_hit_SV.sum() == 3 * TINY.num_tokens  # first record: the hit counts themselves
-
-
-def test_authors_checkpoint_errors_name_the_file(tmp_path):
-    missing = tmp_path / "vae_ch160v4096z32.pth"
-    with pytest.raises(ArtifactError, match="vae_ch160v4096z32.pth: no such file"):
-        load_authors_checkpoint(missing)
-    corrupt = tmp_path / "corrupt.pth"
-    corrupt.write_bytes(b"not a checkpoint" * 10)
-    with pytest.raises(ArtifactError, match="corrupt.pth: corrupt"):
-        load_authors_checkpoint(corrupt)
-    foreign = tmp_path / "foreign.pth"
-    torch.save({"weight": torch.zeros(1)}, foreign)
-    with pytest.raises(ArtifactError, match="foreign.pth: not a VQVAE state dict"):
-        load_authors_checkpoint(foreign)
-
-
-@pytest.mark.parametrize("cfg", [
-    TokenizerConfig.paper(),
-    dataclasses.replace(TINY, share_phi=0, using_sa=False),
-    dataclasses.replace(TINY, share_phi=1, using_mid_sa=False, in_channels=3, num_res_blocks=2),
-])
-def test_config_is_read_off_the_state_dict(cfg):
-    assert config_from_state_dict(VQVAE(cfg).state_dict(), cfg.scales) == cfg
-
-
-def test_authors_checkpoint_of_any_width_loads_frozen(tmp_path):
-    torch.save(tiny_vae().state_dict(), tmp_path / "vae.pth")
-    vae = load_authors_checkpoint(tmp_path / "vae.pth", scales=TINY.scales)
-    assert vae.cfg == TINY and not vae.training
-    torch.testing.assert_close(vae.img_to_idxBl(images(TINY))[-1], tiny_vae().img_to_idxBl(images(TINY))[-1])
 
 
 def test_wrong_image_size_is_a_clear_error():

@@ -8,18 +8,12 @@ import pytest
 import torch
 
 from varlib import artifacts
+from varlib.cli import tokenizer_main
 from varlib.config import DataConfig, TokenizerConfig, TokenizerTrainConfig, get_profile
 from varlib.data import load_split
 from varlib.metrics import load_lpips
-from varlib.tokenizer_train import (
-    coarse_to_fine,
-    evaluate_tokenizer,
-    get_tokenizer,
-    main,
-    tokenizer_key,
-    tokenizer_spec,
-    train_tokenizer,
-)
+from varlib.study import Study
+from varlib.tokenizer_train import coarse_to_fine, evaluate_tokenizer, train_tokenizer
 
 SMOKE = get_profile("smoke")
 TINY_DATA = DataConfig(limit_train=64, limit_test=32)
@@ -32,12 +26,16 @@ TINY_TRAIN = TokenizerTrainConfig(steps=8, batch_size=8, gan_weight=0.5, gan_sta
 @pytest.fixture(scope="module")
 def smoke_tokenizer():
     """The smoke profile's tokenizer, trained once (cached in the session's VARLIB_CACHE)."""
-    return get_tokenizer(SMOKE.data, SMOKE.tokenizer, SMOKE.tokenizer_train, "cpu")
+    return Study.create("smoke", device="cpu").tokenizer()
+
+
+def train_images(data: DataConfig) -> torch.Tensor:
+    return load_split(data, "train").images_u8
 
 
 def test_smoke_training_lowers_the_loss():
-    _, history = train_tokenizer(SMOKE.data, SMOKE.tokenizer, dataclasses.replace(SMOKE.tokenizer_train, seed=1),
-                                 "cpu", progress=False)
+    _, history = train_tokenizer(train_images(SMOKE.data), SMOKE.tokenizer,
+                                 dataclasses.replace(SMOKE.tokenizer_train, seed=1), "cpu", progress=False)
     assert len(history) == SMOKE.tokenizer_train.steps
     assert history["rec"].tail(5).mean() < 0.5 * history["rec"].head(5).mean()
     assert history["restarted"].sum() > 0  # the untrained codebook had dead codes and they were restarted
@@ -45,9 +43,10 @@ def test_smoke_training_lowers_the_loss():
 
 def test_command_line_trains_into_the_cache_then_finds_it(smoke_tokenizer, caplog):
     caplog.set_level(logging.INFO)
-    main(["--profile", "smoke", "--device", "cpu"])  # the smoke tokenizer fixture already trained it: a cache hit
-    path = artifacts.artifact_path("tokenizer", tokenizer_spec(SMOKE.data, SMOKE.tokenizer, SMOKE.tokenizer_train))
-    assert f"cache hit: {path}" in caplog.text and f"tokenizer ready: {path}" in caplog.text
+    tokenizer_main(["--profile", "smoke", "--device", "cpu"])  # the fixture already trained it: a cache hit
+    key = Study.create("smoke", device="cpu").tokenizer_key()
+    assert f"cache hit: {artifacts.cache_dir() / 'tokenizer' / key}.pt" in caplog.text
+    assert f"tokenizer ready: {key}" in caplog.text
 
 
 @torch.no_grad()
@@ -65,12 +64,12 @@ def test_residual_shrinks_scale_by_scale(smoke_tokenizer):
 def test_cached_tokenizer_is_frozen_and_reused(smoke_tokenizer):
     assert not smoke_tokenizer.training
     assert not any(p.requires_grad for p in smoke_tokenizer.parameters())
-    spec = {"data": SMOKE.data, "tokenizer": SMOKE.tokenizer, "train": SMOKE.tokenizer_train}
-    path = artifacts.artifact_path("tokenizer", spec)
-    assert path.is_file() and path.stem == tokenizer_key(SMOKE.data, SMOKE.tokenizer, SMOKE.tokenizer_train)
-    payload = artifacts.load_file(path)["payload"]
+    study = Study.create("smoke", device="cpu")
+    path = artifacts.cache_dir() / "tokenizer" / f"{study.tokenizer_key()}.pt"
+    payload = artifacts.read_artifact(path)
     assert set(payload) >= {"state_dict", "configs", "history", "usage"} and 0 < payload["usage"] <= 1
-    again = get_tokenizer(SMOKE.data, SMOKE.tokenizer, SMOKE.tokenizer_train, "cpu")
+    again = study.tokenizer()
+    assert again is not smoke_tokenizer  # loaded again from the file, not the other Study's copy
     assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), smoke_tokenizer.state_dict().values(),
                                                  strict=True))
 
@@ -90,11 +89,13 @@ def test_evaluation_improves_with_more_scales(smoke_tokenizer):
 
 
 def test_resume_equals_uninterrupted_run(fresh_cache):
-    _, partial = train_tokenizer(TINY_DATA, TINY_TOK, TINY_TRAIN, "cpu", progress=False, snapshot_every=2, stop_at=5)
-    assert len(partial) == 5 and artifacts.TrainState("tokenizer", {
-        "data": TINY_DATA, "tokenizer": TINY_TOK, "train": TINY_TRAIN}).path.is_file()
-    resumed, resumed_history = train_tokenizer(TINY_DATA, TINY_TOK, TINY_TRAIN, "cpu", progress=False)
-    straight, straight_history = train_tokenizer(TINY_DATA, TINY_TOK, TINY_TRAIN, "cpu", progress=False)
+    images = train_images(TINY_DATA)
+    resume = artifacts.TrainState("tokenizer", {"test": "resume"})
+    _, partial = train_tokenizer(images, TINY_TOK, TINY_TRAIN, "cpu", progress=False, resume=resume,
+                                 snapshot_every=2, stop_at=5)
+    assert len(partial) == 5 and resume.path.is_file()
+    resumed, resumed_history = train_tokenizer(images, TINY_TOK, TINY_TRAIN, "cpu", progress=False, resume=resume)
+    straight, straight_history = train_tokenizer(images, TINY_TOK, TINY_TRAIN, "cpu", progress=False)
     assert len(straight_history) == TINY_TRAIN.steps and "gan_d" in straight_history  # GAN and restarts were on
     assert resumed_history.equals(straight_history)
     for (name, a), b in zip(resumed.state_dict().items(), straight.state_dict().values(), strict=True):
@@ -109,5 +110,6 @@ def test_lpips_is_off_without_local_backbone_weights(tmp_path, monkeypatch, capl
 
 
 def test_mismatched_data_and_tokenizer_is_a_clear_error():
-    with pytest.raises(ValueError, match="does not fit the tokenizer"):
-        train_tokenizer(dataclasses.replace(TINY_DATA, channels=3), TINY_TOK, TINY_TRAIN, "cpu", progress=False)
+    with pytest.raises(ValueError, match="do not fit the tokenizer"):
+        train_tokenizer(train_images(dataclasses.replace(TINY_DATA, channels=3)), TINY_TOK, TINY_TRAIN, "cpu",
+                        progress=False)

@@ -5,10 +5,6 @@ steps on 256 Fashion-MNIST images."""
 import dataclasses
 import json
 import logging
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -17,12 +13,13 @@ import torch.nn.functional as F
 
 from varlib import train
 from varlib.artifacts import TrainState
+from varlib.cli import train_main
 from varlib.config import DataConfig, TokenizerConfig, TokenizerTrainConfig, TrainConfig, VARConfig, get_profile
 from varlib.data import load_split
-from varlib.tokenizer import split_scales
+from varlib.study import Study
+from varlib.tokenizer import VQVAE, split_scales
 from varlib.transformer import build_model, teacher_forcing_input
 
-ROOT = Path(__file__).resolve().parents[1]
 DATA = DataConfig(limit_train=256, limit_test=128)
 TOK = TokenizerConfig(ch=8, ch_mult=(1, 2, 2), num_res_blocks=1, using_sa=False, using_mid_sa=False, vocab_size=32,
                       scales=(1, 2, 4, 8))
@@ -31,11 +28,16 @@ VAR_CFG = VARConfig(depth=1, vocab_size=TOK.vocab_size, z_channels=TOK.z_channel
 TRAIN = TrainConfig(steps=24, batch_size=32, lr_scale=100.0, eval_every=8)
 
 
+def tiny_study() -> Study:
+    prof = dataclasses.replace(get_profile("smoke"), data=DATA, tokenizer=TOK, tokenizer_train=TOK_TRAIN,
+                               var=VAR_CFG, train=TRAIN)
+    return Study(prof, "cpu", progress=False)
+
+
 @pytest.fixture(scope="module")
 def tokens():
-    vae = train.get_tokenizer(DATA, TOK, TOK_TRAIN, "cpu")
-    return vae, train.get_tokens(DATA, TOK, TOK_TRAIN, "train", "cpu"), train.get_tokens(DATA, TOK, TOK_TRAIN, "test",
-                                                                                           "cpu")
+    study = tiny_study()
+    return study.tokenizer(), study.tokens("train"), study.tokens("test")
 
 
 def test_token_cache_is_built_once_and_hit(tokens, caplog):
@@ -45,7 +47,7 @@ def test_token_cache_is_built_once_and_hit(tokens, caplog):
     assert int(tokens_train["idx"].min()) >= 0 and int(tokens_train["idx"].max()) < TOK.vocab_size
     assert torch.equal(tokens_train["labels"], load_split(DATA, "train").labels)
     with caplog.at_level(logging.INFO, logger="varlib.artifacts"):
-        again = train.get_tokens(DATA, TOK, TOK_TRAIN, "train", "cpu")
+        again = tiny_study().tokens("train")
     assert any("cache hit" in r.message and "/tokens/" in r.message for r in caplog.records)
     assert torch.equal(again["idx"], tokens_train["idx"])
     # the cache holds what the frozen tokenizer gives for these images
@@ -68,8 +70,11 @@ def test_var_training_lowers_the_loss(tokens):
 
 
 def test_ar_baseline_training_lowers_the_loss(tokens):
-    """The raster AR baseline on the last scale's 8x8 token map (one scale: causal mask, codebook-embedding inputs)."""
-    vae, tokens_train, tokens_test = tokens
+    """The raster AR baseline on the last scale's 8x8 token map (one scale: causal mask, codebook-embedding inputs),
+    read through a one-scale view of the same tokenizer (same codebook)."""
+    multi_scale, tokens_train, tokens_test = tokens
+    vae = VQVAE(dataclasses.replace(TOK, scales=(TOK.scales[-1],)))
+    vae.load_state_dict(multi_scale.state_dict())
     last = TOK.scales[-1] ** 2
     ar_train, ar_test = ({**t, "idx": t["idx"][:, -last:]} for t in (tokens_train, tokens_test))
     ar_cfg = dataclasses.replace(VAR_CFG, scales=(TOK.scales[-1],))
@@ -135,8 +140,6 @@ def test_evaluate_measures_the_last_scale_on_its_own_tokens(tokens):
     assert out["loss_all"] == pytest.approx(float(ce_all), rel=1e-5)
 
 
-@pytest.mark.skipif(not hasattr(build_model(VAR_CFG), "features"),
-                    reason="the chunked path needs the transformer's forward split as features() + logits()")
 def test_chunked_head_and_cross_entropy_match_the_plain_path(tokens):
     torch.manual_seed(0)
     model = build_model(dataclasses.replace(VAR_CFG, cond_drop_rate=0.0)).eval()
@@ -200,11 +203,11 @@ def test_per_scale_weighting_gives_every_scale_the_same_total_weight():
         train.loss_weights(scales, "linear", "cpu")
 
 
-def test_get_model_is_cached(tokens, caplog):
+def test_a_trained_transformer_is_cached(tokens, caplog):
     cfg = dataclasses.replace(TRAIN, steps=4, eval_every=4)
-    model, history = train.get_model(VAR_CFG, cfg, DATA, TOK, TOK_TRAIN, "cpu", progress=False)
+    model, history = tiny_study().transformer(VAR_CFG, cfg)
     with caplog.at_level(logging.INFO, logger="varlib.artifacts"):
-        again, history_again = train.get_model(VAR_CFG, cfg, DATA, TOK, TOK_TRAIN, "cpu", progress=False)
+        again, history_again = tiny_study().transformer(VAR_CFG, cfg)
     assert any("cache hit" in r.message and "/var/" in r.message for r in caplog.records)
     assert history.equals(history_again)
     for p, q in zip(model.parameters(), again.parameters(), strict=True):
@@ -218,37 +221,41 @@ def test_compiled_step_equals_the_eager_step_and_shares_its_artifact(tokens):
                                                                        torch.compile(train.TokenLoss(model))))
     assert_same(eager, compiled, rtol=1e-3, atol=1e-5)
     # so a model trained either way is one artifact
-    specs = [train.model_spec(VAR_CFG, dataclasses.replace(TRAIN, compile=c), DATA, TOK, TOK_TRAIN)
-             for c in (False, True)]
-    assert specs[0] == specs[1]
-
-
-def test_gpu_busy_time_is_the_union_of_kernel_intervals():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    import bench_train  # noqa: PLC0415 -- a script folder, importable once on the path
-
-    # overlapping kernels count once; the idle 3..5 does not count; the window is first start to last end
-    assert bench_train.busy_time([(5.0, 6.0), (0.0, 2.0), (1.0, 3.0)]) == (6.0, 4.0)
-    assert bench_train.busy_time([(0.0, 4.0), (1.0, 2.0)]) == (4.0, 4.0)
-    assert bench_train.gpu_busy(lambda: None, torch.device("cpu")) == {}
-
-
-def test_bench_train_quick_runs(tmp_path):
-    out = tmp_path / "bench_train.json"
-    cmd = [sys.executable, str(ROOT / "benchmarks" / "bench_train.py"), "--quick", "--device", "cpu",
-           "--authors-dir", "none", "--variants", "varlib eager", "--out", str(out)]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)})
-    assert result.returncode == 0, result.stderr[-3000:]
-    (row,) = json.loads(out.read_text())["results"]
-    assert row["name"] == "varlib eager" and row["s_per_step"] > 0 and (out.parent / "provenance.json").is_file()
+    keys = [tiny_study().transformer_key(VAR_CFG, dataclasses.replace(TRAIN, compile=c)) for c in (False, True)]
+    assert keys[0] == keys[1]
 
 
 def test_command_line_trains_a_transformer_and_writes_its_history(tmp_path):
     out = tmp_path / "curves" / "history.csv"
-    train.main(["--profile", "smoke", "--depth", "1", "--device", "cpu", "--history-out", str(out)])
+    train_main(["--profile", "smoke", "--depth", "1", "--device", "cpu", "--seed", "0", "--history-out", str(out)])
     history = pd.read_csv(out)
     smoke = get_profile("smoke").train
     assert history.step.iloc[-1] == smoke.steps and history.test_loss_all.notna().all()
     prov = json.loads((out.parent / "provenance.json").read_text())
     assert prov["files"] == ["history.csv"] and prov["parameters"]["processes"] == 1 and prov["git_sha"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--seed", "-1"], "argument --seed: -1 is not an integer >= 0"),
+    (["--steps", "0"], "argument --steps: 0 is not a positive integer"),
+    (["--resolution", "0"], "argument --resolution: 0 is not a positive integer"),
+    (["--device", "cuda:7"], "does not exist here"),
+    (["--device", "tpu"], "not a device name"),
+    (["--device", "meta"], "runs on cpu or cuda"),
+    (["--profile", "huge"], "invalid choice"),
+    (["--dataset", "/no/such/folder"], "no such directory"),
+])
+def test_command_line_reports_bad_arguments_as_usage_errors(args, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        train_main(["--profile", "smoke", *args])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_a_transformer_and_a_tokenizer_that_disagree_are_refused(tokens):
+    vae, tokens_train, tokens_test = tokens
+    for change in ({"vocab_size": 64}, {"scales": (1, 2, 4)}):
+        with pytest.raises(ValueError, match="disagree in"):
+            train.train_model(dataclasses.replace(VAR_CFG, **change), TRAIN, vae, tokens_train, tokens_test, "cpu")
+    few_classes = dataclasses.replace(VAR_CFG, num_classes=3)
+    with pytest.raises(ValueError, match="class ids in"):
+        train.train_model(few_classes, TRAIN, vae, tokens_train, tokens_test, "cpu")

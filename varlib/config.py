@@ -9,10 +9,28 @@ Profiles: `smoke` (CI, seconds on a CPU), `quick` (the default, minutes on a lap
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 PAPER_SCALES_256 = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)  # the paper's scale schedules (token-map sides)
 PAPER_SCALES_512 = (1, 2, 3, 4, 6, 9, 13, 18, 24, 32)
+
+
+def _require(cfg, ok: bool, field: str, rule: str) -> None:
+    """A ValueError naming the config, the field, its value and the allowed range."""
+    if not ok:
+        raise ValueError(f"{type(cfg).__name__}.{field} = {getattr(cfg, field)!r}: {rule}")
+
+
+def _positive_int(cfg, *fields: str) -> None:
+    for f in fields:
+        v = getattr(cfg, f)
+        _require(cfg, isinstance(v, int) and not isinstance(v, bool) and v >= 1, f, "must be an integer >= 1")
+
+
+def _seed(cfg) -> None:
+    v = cfg.seed
+    _require(cfg, isinstance(v, int) and not isinstance(v, bool) and v >= 0, "seed", "must be an integer >= 0")
 
 
 @dataclass(frozen=True)
@@ -26,6 +44,14 @@ class DataConfig:
     split_seed: int = 0
     limit_train: int | None = None  # use only the first N training images (smoke runs)
     limit_test: int | None = None
+
+    def __post_init__(self):
+        _positive_int(self, "resolution")
+        _require(self, self.channels in (1, 3), "channels", "must be 1 (grayscale) or 3 (RGB)")
+        _require(self, 0 < self.holdout < 1, "holdout", "must lie in (0, 1)")
+        for f in ("limit_train", "limit_test"):
+            if getattr(self, f) is not None:
+                _positive_int(self, f)
 
 
 @dataclass(frozen=True)
@@ -81,6 +107,11 @@ class TokenizerTrainConfig:
     seed: int = 0
     compile: bool = False  # torch.compile the encoder, decoder and discriminator (GPU)
 
+    def __post_init__(self):
+        _positive_int(self, "steps", "batch_size")
+        _seed(self)
+        _require(self, self.lr > 0, "lr", "must be > 0")
+
 
 @dataclass(frozen=True)
 class VARConfig:
@@ -116,6 +147,22 @@ class VARConfig:
     def drop_path(self) -> float:
         return 0.1 * self.depth / 24 if self.drop_path_rate is None else self.drop_path_rate
 
+    def __post_init__(self):
+        _positive_int(self, "depth", "num_classes", "vocab_size", "z_channels", "head_dim")
+        _require(self, len(self.scales) >= 1 and all(isinstance(p, int) and p >= 1 for p in self.scales), "scales",
+                 "must be one or more token-map sides >= 1")
+
+
+def check_compatible(var_cfg: VARConfig, tok_cfg: TokenizerConfig) -> None:
+    """A transformer reads and writes its tokenizer's tokens: the vocabulary, the latent channels and the scale
+    schedule must agree (ValueError naming both values otherwise)."""
+    for field, v, t in (("vocab_size", var_cfg.vocab_size, tok_cfg.vocab_size),
+                        ("z_channels", var_cfg.z_channels, tok_cfg.z_channels),
+                        ("scales", tuple(var_cfg.scales), tuple(tok_cfg.scales))):
+        if v != t:
+            raise ValueError(f"the transformer and the tokenizer disagree in {field}: {v} against {t}; build the "
+                             f"transformer's config from the tokenizer's (Study.var_config does)")
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -136,6 +183,11 @@ class TrainConfig:
     seed: int = 0
     compile: bool = False  # torch.compile the training step (GPU)
 
+    def __post_init__(self):
+        _positive_int(self, "steps", "batch_size", "eval_every")
+        _seed(self)
+        _require(self, self.base_lr * self.lr_scale > 0, "lr_scale", "base_lr * lr_scale must be > 0")
+
     @property
     def lr(self) -> float:
         return self.base_lr * self.lr_scale * self.batch_size / 256
@@ -151,6 +203,14 @@ class SampleConfig:
     top_p: float = 1.0  # 1.0 = off
     temperature: float = 1.0
     smooth: bool = False  # Gumbel-softmax soft codes, for visualisation only
+
+    def __post_init__(self):
+        _require(self, isinstance(self.cfg, (int, float)) and math.isfinite(self.cfg) and self.cfg >= 0, "cfg",
+                 "the guidance scale must be a finite number >= 0 (0 = no guidance)")
+        _require(self, isinstance(self.top_k, int) and not isinstance(self.top_k, bool) and self.top_k >= 0, "top_k",
+                 "must be an integer >= 0 (0 = off); a fraction of the vocabulary must be converted first")
+        _require(self, 0 < self.top_p <= 1, "top_p", "must be in (0, 1] (1 = off)")
+        _require(self, math.isfinite(self.temperature) and self.temperature > 0, "temperature", "must be > 0")
 
 
 PAPER_SAMPLING = SampleConfig(cfg=2.0, top_k=600, top_p=1.0)
@@ -234,8 +294,9 @@ PROFILES = {"smoke": _smoke, "quick": _quick, "full": _full}
 
 
 def get_profile(name: str, dataset: str = "fashion-mnist", resolution: int | None = None,
-                channels: int | None = None) -> Profile:
-    """The named profile, adapted to `dataset` (a folder path) and `resolution` where they differ from the default."""
+                channels: int | None = None, num_classes: int | None = None) -> Profile:
+    """The named profile, adapted to `dataset` (a folder path), `resolution` and the dataset's class count where they
+    differ from the default (`Study` passes the count read off the data)."""
     if name not in PROFILES:
         raise ValueError(f"unknown profile {name!r}: choose one of {sorted(PROFILES)}")
     prof = PROFILES[name]()
@@ -254,7 +315,8 @@ def get_profile(name: str, dataset: str = "fashion-mnist", resolution: int | Non
         last = data.resolution // tok.downsample
         tok = dataclasses.replace(tok, scales=scales_for(last))
     tok = dataclasses.replace(tok, in_channels=data.channels)
-    var = dataclasses.replace(prof.var, vocab_size=tok.vocab_size, z_channels=tok.z_channels, scales=tok.scales)
+    var = dataclasses.replace(prof.var, vocab_size=tok.vocab_size, z_channels=tok.z_channels, scales=tok.scales,
+                              num_classes=num_classes or prof.var.num_classes)
     return dataclasses.replace(prof, data=data, tokenizer=tok, var=var)
 
 
@@ -265,10 +327,6 @@ def scales_for(last: int) -> tuple[int, ...]:
         nxt = out[-1] + 1 if out[-1] < 6 else max(out[-1] + 1, round(out[-1] * 1.3))
         out.append(min(nxt, last))
     return tuple(out)
-
-
-def to_dict(cfg) -> dict:
-    return dataclasses.asdict(cfg)
 
 
 def ar_baseline(prof: Profile) -> tuple[TokenizerConfig, VARConfig]:

@@ -2,15 +2,21 @@
 
 Images come out as float tensors in [-1, 1], shape (C, H, W); labels as ints. Splits are deterministic:
 Fashion-MNIST's own train/test files; a seeded hold-out for image folders.
+
+A dataset is known by its content, not its path: `dataset_id(cfg)` (what cache keys hold) hashes Fashion-MNIST's
+verified IDX digests, or an image folder's manifest (every file's relative path, size and sha256), so editing an
+image or pointing a relative path at another folder gives a new id, while moving a folder keeps it.
 """
 
 from __future__ import annotations
 
 import gzip
 import hashlib
+import json
 import logging
 import os
 import struct
+import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +27,7 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
-from .artifacts import cache_dir
+from .artifacts import ArtifactError, atomic_write, cache_dir, cache_writable
 from .config import DataConfig
 
 log = logging.getLogger(__name__)
@@ -39,6 +45,8 @@ FMNIST_FILES = {
 }
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp"}
+HIGH_BIT_DEPTH_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I"}  # how PIL opens 16-bit grayscale PNGs
+RACY_MTIME_NS = 2_000_000_000  # files modified this shortly before being hashed are hashed again (coarse clocks)
 
 
 class DataError(ValueError):
@@ -160,24 +168,43 @@ class FolderIndex:
     classes: tuple[str, ...]
 
 
-def index_folder(root: Path) -> FolderIndex:
+def _class_folders(root: Path) -> tuple[str, ...]:
     if not root.exists():
         raise DataError(f"{root}: no such directory; pass a folder with one sub-folder of images per class")
     if not root.is_dir():
         raise DataError(f"{root}: not a directory; pass a folder with one sub-folder of images per class")
     classes = tuple(sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")))
-    if len(classes) < 2:
-        raise DataError(f"{root}: found {len(classes)} class sub-folder(s); at least 2 are needed "
-                        "(one sub-folder per class, images inside)")
-    files, labels = [], []
-    for ci, c in enumerate(classes):
-        entries = sorted(p for p in (root / c).iterdir() if p.is_file() and not p.name.startswith("."))
+    if not classes:
+        raise DataError(f"{root}: found no class sub-folder; put the images in one sub-folder per class "
+                        "(a single class is fine)")
+    return classes
+
+
+def _class_entries(root: Path) -> tuple[tuple[str, ...], list[list[os.DirEntry]]]:
+    """The class names and each class's files (sorted by name; hidden ones left out). os.scandir, not pathlib:
+    `dataset_id` walks 60k-file folders on every call."""
+    classes = _class_folders(root)
+    per_class = []
+    for c in classes:
+        with os.scandir(root / c) as it:
+            entries = sorted((e for e in it if e.is_file() and not e.name.startswith(".")), key=lambda e: e.name)
         if not entries:
             raise DataError(f"{root / c}: empty class folder; add images or remove the folder")
-        for p in entries:
-            files.append(p)
-            labels.append(ci)
+        per_class.append(entries)
+    return classes, per_class
+
+
+def index_folder(root: Path) -> FolderIndex:
+    classes, per_class = _class_entries(root)
+    files = [root / c / e.name for c, entries in zip(classes, per_class, strict=True) for e in entries]
+    labels = [ci for ci, entries in enumerate(per_class) for _ in entries]
     return FolderIndex(files, labels, classes)
+
+
+def _to_8bit(im: Image.Image) -> Image.Image:
+    """A 16-bit grayscale image scaled to 8 bits (round(v / 257)); PIL's convert("L") would clip it at 255."""
+    v = np.asarray(im).clip(0, 65535).astype(np.uint32)
+    return Image.fromarray(((v + 128) // 257).astype(np.uint8))
 
 
 def read_image(path: Path, resolution: int, channels: int) -> torch.Tensor:
@@ -187,7 +214,12 @@ def read_image(path: Path, resolution: int, channels: int) -> torch.Tensor:
     try:
         with Image.open(path) as im:
             im.load()
+            if im.mode in HIGH_BIT_DEPTH_MODES:
+                im = _to_8bit(im)
             im = im.convert("L" if channels == 1 else "RGB")
+    except Image.DecompressionBombError as e:
+        raise DataError(f"{path}: image too large for PIL's pixel limit (Image.MAX_IMAGE_PIXELS = "
+                        f"{Image.MAX_IMAGE_PIXELS}; {e}); resize it, or raise the limit if you trust the file") from e
     except (UnidentifiedImageError, OSError, SyntaxError) as e:
         raise DataError(f"{path}: unreadable or truncated image ({e})") from e
     w, h = im.size
@@ -226,6 +258,73 @@ def load_image_folder(split: str, cfg: DataConfig, skip_bad: bool = False) -> Im
     ds = ImageDataset(torch.stack(images), torch.tensor(labels), index.classes, f"{Path(cfg.name).name}/{split}")
     ds.skipped = skipped
     return ds
+
+
+# ----------------------------------------------------------------------------------------------- identity
+
+def dataset_classes(cfg: DataConfig) -> tuple[str, ...]:
+    """The class names of the dataset named by `cfg`, without decoding any image."""
+    return FMNIST_CLASSES if cfg.name == "fashion-mnist" else _class_folders(Path(cfg.name).expanduser())
+
+
+def dataset_id(cfg: DataConfig) -> str:
+    """What the dataset named by `cfg` is, by content: the identity that cache keys hold instead of a path.
+
+    Fashion-MNIST: its four IDX content digests (every load verifies them). An image folder: its manifest, the
+    sorted (relative path, size, sha256) of every file `index_folder` takes; a relative path is resolved against
+    the current directory now. Byte-identical folders share an id wherever they are."""
+    if cfg.name == "fashion-mnist":
+        digest = hashlib.sha256(json.dumps(sorted(FMNIST_FILES.items())).encode()).hexdigest()
+        return f"fashion-mnist:{digest[:16]}"
+    root = Path(cfg.name).expanduser().resolve()
+    manifest = folder_manifest(root)
+    return f"folder:{hashlib.sha256(json.dumps(manifest).encode()).hexdigest()[:16]}"
+
+
+def _file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def manifest_memo_path(root: Path) -> Path:
+    """Where the content hashes of the image folder `root` (an absolute path) are remembered."""
+    return cache_dir() / "data" / "manifests" / f"{hashlib.sha256(str(root).encode()).hexdigest()}.json"
+
+
+def folder_manifest(root: Path) -> list[tuple[str, int, str]]:
+    """(relative path, size, sha256) of every file of the image folder `root` (absolute), sorted. Hashes are
+    remembered by (size, mtime_ns) in `manifest_memo_path(root)`: unchanged files are only stat'ed."""
+    memo_path = manifest_memo_path(root)
+    try:
+        memo = json.loads(memo_path.read_text())
+        known, checked_ns = memo["files"], memo["checked_ns"]
+    except (OSError, ValueError, KeyError, TypeError):  # no memo yet, or a damaged one: hash everything
+        known, checked_ns = {}, 0
+    started_ns = time.time_ns()
+    files, hashed = {}, 0
+    for c, entries in zip(*_class_entries(root), strict=True):
+        for e in entries:
+            rel, st = f"{c}/{e.name}", e.stat()
+            entry = known.get(rel)
+            # an entry holds while size and mtime are unchanged, unless the file was modified so shortly before it
+            # was hashed that a later write could have kept the same (coarse) mtime
+            if entry is None or entry[:2] != [st.st_size, st.st_mtime_ns] or \
+                    st.st_mtime_ns > checked_ns - RACY_MTIME_NS:
+                entry, hashed = [st.st_size, st.st_mtime_ns, _file_sha256(e.path)], hashed + 1
+            files[rel] = entry
+    if hashed:
+        log.info("%s: hashed %d of %d files", root, hashed, len(files))
+    if (hashed or files.keys() != known.keys()) and cache_writable():
+        memo = {"root": str(root), "checked_ns": started_ns, "files": files}
+        try:
+            atomic_write(memo_path, json.dumps(memo).encode())
+        except (OSError, ArtifactError) as e:  # the memo only saves time
+            log.warning("%s: could not write the manifest memo (%s); the folder is hashed again next time",
+                        memo_path, e)
+    return sorted((rel, size, sha) for rel, (size, _, sha) in files.items())
 
 
 def load_split(cfg: DataConfig, split: str, skip_bad: bool = False) -> ImageDataset:

@@ -2,7 +2,7 @@
 
 Feature extractor. torch-fidelity's Inception-v3 weights are downloaded at first use, which is impossible offline, so
 the generation metrics are computed on the features of a small ResNet trained here on the dataset's own training split
-(`get_classifier`, cached as artifact kind "classifier"): penultimate features for FID, KID and precision-recall,
+(`varlib.classifier`, cached as artifact kind "classifier"): penultimate features for FID, KID and precision-recall,
 logits for IS (whose upper bound is then the class count, 10 for Fashion-MNIST, not ImageNet's 1000). These numbers
 rank models of *this* study; they are not comparable with the paper's Inception FIDs. When the Inception weights are
 in torch's hub cache, `generation_metrics` reports the Inception numbers as well.
@@ -22,7 +22,6 @@ import functools
 import hashlib
 import logging
 import math
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -39,17 +38,15 @@ from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 from tqdm.auto import tqdm
 
-from .artifacts import ArtifactError, artifact_path, cache_dir, get_or_build, load_file
-from .config import DataConfig
-from .data import ImageDataset, load_split, to_float, to_uint8
+from .artifacts import cache_dir, read_artifact
+from .classifier import Classifier, MetricInputError, model_from_payload, require_classifier_file
+from .data import ImageDataset, to_float, to_uint8
 
 log = logging.getLogger(__name__)
 
 DATA_RANGE = 2.0  # images live in [-1, 1]
 EXTRACTOR = "varlib-classifier"  # the name under which the classifier is registered with torch-fidelity
 INCEPTION = "inception-v3-compat"
-CLASSIFIER_WIDTHS = (32, 64, 128)  # one residual block per stage; the last width is the feature dimension
-CLASSIFIER_RECIPE = {"batch_size": 128, "lr": 2e-3, "weight_decay": 5e-4, "shift": 2, "hflip": True}
 FIDELITY_BATCH = 256
 KID_SUBSET = 1000  # torch-fidelity's default subset size, lowered to the sample count when there are fewer images
 ISC_SPLITS = 10
@@ -65,10 +62,6 @@ LPIPS_BACKBONES = {
 def _log_once(message: str) -> None:
     """A skipped optional metric is reported once per session, not once per call."""
     log.warning(message)
-
-
-class MetricInputError(ValueError):
-    """Images of the wrong dtype, range, shape or count; the message says what to change."""
 
 
 # ----------------------------------------------------------------------------------------- reconstruction metrics
@@ -147,170 +140,6 @@ def lpips_distance(x: torch.Tensor, y: torch.Tensor, net: str = "alex", device: 
     return model(*rgb).flatten().cpu()
 
 
-# ------------------------------------------------------------------------------------------- feature classifier
-
-class BasicBlock(nn.Module):
-    """ResNet basic block (He et al. 2016): two 3x3 convolutions and a projection shortcut when the shape changes."""
-
-    def __init__(self, c_in: int, c_out: int, stride: int):
-        super().__init__()
-        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(c_out)
-        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(c_out)
-        self.shortcut = nn.Identity() if stride == 1 and c_in == c_out else nn.Sequential(
-            nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = F.relu(self.bn1(self.conv1(x)))
-        return F.relu(self.bn2(self.conv2(h)) + self.shortcut(x))
-
-
-class ResNetClassifier(nn.Module):
-    """A small ResNet for 1- or 3-channel images in [-1, 1]: a full-resolution stem, one stride-2 block per width,
-    global average pooling (the penultimate features) and a linear head (the logits)."""
-
-    def __init__(self, in_channels: int, num_classes: int, widths: tuple[int, ...] = CLASSIFIER_WIDTHS):
-        super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False), nn.BatchNorm2d(widths[0]),
-                                  nn.ReLU())
-        pairs = zip(widths[:1] + widths[:-1], widths, strict=True)
-        self.blocks = nn.Sequential(*(BasicBlock(c_in, c_out, stride=2) for c_in, c_out in pairs))
-        self.head = nn.Linear(widths[-1], num_classes)
-        self.feature_dim = widths[-1]
-
-    def features(self, x_BCHW: torch.Tensor) -> torch.Tensor:
-        return self.blocks(self.stem(x_BCHW)).mean((2, 3))
-
-    def forward(self, x_BCHW: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x_BCHW))
-
-
-@dataclass
-class Classifier:
-    """A trained feature classifier and the cached file torch-fidelity's extractor loads it from."""
-
-    model: ResNetClassifier  # eval mode; predict/classifier_features move it to their device
-    path: Path  # the artifact file (kind "classifier")
-    digest: str  # sha256 of that file: real-feature caches are keyed on it
-    label: str  # the extractor's name in metric labels, e.g. "FMNIST-ResNet"
-    in_channels: int
-    resolution: int
-    test_accuracy: float
-
-    @property
-    def feature_dim(self) -> int:
-        return self.model.feature_dim
-
-
-def _shift_flip(x: torch.Tensor, gen: torch.Generator, shift: int, hflip: bool) -> torch.Tensor:
-    """Augmentation: a random translation by up to `shift` pixels (background padding) and a random left-right flip."""
-    b, c, h, w = x.shape
-    padded = F.pad(x, (shift,) * 4, value=-1.0)
-    oy, ox = torch.randint(0, 2 * shift + 1, (2, b), generator=gen).to(x.device)
-    rows_BH = oy[:, None] + torch.arange(h, device=x.device)
-    cols_BW = ox[:, None] + torch.arange(w, device=x.device)
-    x = padded.gather(2, rows_BH[:, None, :, None].expand(b, c, h, w + 2 * shift))
-    x = x.gather(3, cols_BW[:, None, None, :].expand(b, c, h, w))
-    if hflip:
-        flip = (torch.rand(b, generator=gen) < 0.5).to(x.device)[:, None, None, None]
-        x = torch.where(flip, x.flip(-1), x)
-    return x
-
-
-@torch.no_grad()
-def _batched(fn, images_u8: torch.Tensor, device: torch.device | str, batch_size: int = 1000) -> torch.Tensor:
-    return torch.cat([fn(to_float(images_u8[i:i + batch_size].to(device))).cpu()
-                      for i in range(0, len(images_u8), batch_size)])
-
-
-def predict(model: ResNetClassifier, images_u8: torch.Tensor, device: torch.device | str = "cpu") -> torch.Tensor:
-    """Predicted class per uint8 image, (N,)."""
-    model.eval().to(device)
-    return _batched(lambda x: model(x).argmax(1), images_u8, device)
-
-
-def classifier_features(classifier: Classifier, images_u8: torch.Tensor,
-                        device: torch.device | str = "cpu") -> torch.Tensor:
-    """Penultimate features (N, D) of uint8 images, computed directly (not through torch-fidelity)."""
-    _check_u8(images_u8, "images", classifier)
-    classifier.model.to(device)
-    return _batched(classifier.model.features, images_u8, device)
-
-
-def train_classifier(train: ImageDataset, test: ImageDataset, epochs: int, device: torch.device | str = "cpu",
-                     seed: int = 0) -> dict:
-    """Train the ResNet classifier (AdamW, one-cycle schedule, shift/flip augmentation); returns the artifact
-    payload: weights, architecture and test accuracy."""
-    device = torch.device(device)
-    r = CLASSIFIER_RECIPE
-    gen = torch.Generator().manual_seed(seed)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = ResNetClassifier(train.images_u8.shape[1], train.num_classes).to(device)
-    steps_per_epoch = math.ceil(len(train) / r["batch_size"])
-    opt = torch.optim.AdamW(model.parameters(), lr=r["lr"], weight_decay=r["weight_decay"])
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=r["lr"], total_steps=epochs * steps_per_epoch)
-    x_u8, y = train.images_u8.to(device), train.labels.to(device)
-    model.train()
-    with tqdm(total=epochs * steps_per_epoch, desc=f"classifier ({train.name})", unit="step") as bar:
-        for _ in range(epochs):
-            for idx in torch.randperm(len(train), generator=gen).to(device).split(r["batch_size"]):
-                x = _shift_flip(to_float(x_u8[idx]), gen, r["shift"], r["hflip"])
-                loss = F.cross_entropy(model(x), y[idx])
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-                bar.update()
-                bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
-    accuracy = (predict(model, test.images_u8, device) == test.labels).float().mean().item()
-    log.info("classifier on %s: test accuracy %.4f after %d epochs", train.name, accuracy, epochs)
-    return {"state_dict": {k: v.cpu() for k, v in model.state_dict().items()},
-            "in_channels": train.images_u8.shape[1], "num_classes": train.num_classes,
-            "widths": CLASSIFIER_WIDTHS, "resolution": train.images_u8.shape[-1], "classes": list(train.classes),
-            "test_accuracy": accuracy, "label": _dataset_label(train.name)}
-
-
-def _dataset_label(split_name: str) -> str:
-    name = split_name.rsplit("/", 1)[0]
-    return ("FMNIST" if name == "fashion-mnist" else name) + "-ResNet"
-
-
-def _require_file(path: Path) -> Path:
-    if not path.is_file():
-        raise ArtifactError(f"{path}: the classifier's weights are missing (was the cache cleared?); call "
-                            "varlib.metrics.get_classifier again to rebuild them")
-    return path
-
-
-def _load_model(payload: dict) -> ResNetClassifier:
-    model = ResNetClassifier(payload["in_channels"], payload["num_classes"], tuple(payload["widths"]))
-    model.load_state_dict(payload["state_dict"])
-    return model.eval().requires_grad_(False)
-
-
-def get_classifier(data: DataConfig, epochs: int, device: torch.device | str = "cpu", seed: int = 0) -> Classifier:
-    """The feature classifier for `data` (trained on its training split), from the artifact cache or trained now."""
-    if epochs < 1:
-        raise ValueError(f"classifier epochs must be >= 1, got {epochs}")
-    spec = {"data": data, "widths": CLASSIFIER_WIDTHS, "recipe": CLASSIFIER_RECIPE, "epochs": epochs, "seed": seed}
-    payload = get_or_build("classifier", spec, lambda: train_classifier(
-        load_split(data, "train"), load_split(data, "test"), epochs, device, seed))
-    path = artifact_path("classifier", spec)
-    return Classifier(_load_model(payload), path, hashlib.sha256(path.read_bytes()).hexdigest()[:16],
-                      payload["label"], payload["in_channels"], payload["resolution"], payload["test_accuracy"])
-
-
-def class_consistency(classifier: Classifier, images_u8: torch.Tensor, labels: torch.Tensor,
-                      device: torch.device | str = "cpu") -> float:
-    """Fraction of class-conditional samples that the classifier assigns to the class they were asked for."""
-    _check_u8(images_u8, "images", classifier)
-    if len(labels) != len(images_u8):
-        raise MetricInputError(f"class_consistency: {len(images_u8)} images but {len(labels)} labels")
-    return (predict(classifier.model, images_u8, device) == labels.cpu().long()).float().mean().item()
-
-
 # ------------------------------------------------------------------------------------ torch-fidelity extractor
 
 class ClassifierFeatures(FeatureExtractorBase):
@@ -325,8 +154,8 @@ class ClassifierFeatures(FeatureExtractorBase):
         super().__init__(name, features_list)
         if feature_extractor_weights_path is None:
             raise ValueError(f"feature extractor {name!r} needs feature_extractor_weights_path (a classifier "
-                             "artifact file from varlib.metrics.get_classifier)")
-        self.model = _load_model(load_file(_require_file(Path(feature_extractor_weights_path)))["payload"])
+                             "artifact file, from Study.classifier)")
+        self.model = model_from_payload(read_artifact(require_classifier_file(Path(feature_extractor_weights_path))))
 
     @staticmethod
     def get_provided_features_list() -> tuple[str, ...]:
@@ -375,22 +204,6 @@ def metric_name(metric: str, n: int, extractor: str) -> str:
     """The label of a reported number: "FID-10k (FMNIST-ResNet)"; n is the number of generated images."""
     count = f"{n // 1000}k" if n % 1000 == 0 else f"{n / 1000:g}k" if n >= 1000 else str(n)
     return f"{metric}-{count} ({extractor})"
-
-
-def _check_u8(images: torch.Tensor, what: str, classifier: Classifier) -> None:
-    if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8 or images.ndim != 4:
-        got = f"{images.dtype} {tuple(images.shape)}" if isinstance(images, torch.Tensor) else type(images).__name__
-        raise MetricInputError(f"{what}: expected a uint8 tensor (N, C, H, W), got {got}; convert [-1, 1] floats "
-                               "with varlib.data.to_uint8")
-    c, h, w = images.shape[1:]
-    if c != classifier.in_channels:
-        raise MetricInputError(f"{what}: {c} channel(s), but the {classifier.label} classifier was trained on "
-                               f"{classifier.in_channels}; use a classifier trained on data with {c} channel(s) "
-                               "(DataConfig.channels)")
-    if (h, w) != (classifier.resolution,) * 2:
-        raise MetricInputError(f"{what}: {h}x{w} images, but the {classifier.label} classifier was trained at "
-                               f"{classifier.resolution}x{classifier.resolution}; resize them or train a classifier "
-                               "at this resolution (DataConfig.resolution)")
 
 
 def _content_hash(images_u8: torch.Tensor) -> str:
@@ -448,10 +261,10 @@ def generation_metrics(fake_u8: torch.Tensor, real: torch.Tensor | ImageDataset,
     features (and on Inception's when its weights are cached locally). Keys: `metric_name(...)`."""
     device = torch.device(device)
     real_u8 = real.images_u8 if isinstance(real, ImageDataset) else real
-    _check_u8(fake_u8, "generated images", classifier)
-    _check_u8(real_u8, "real images", classifier)
+    classifier.check_images(fake_u8, "generated images")
+    classifier.check_images(real_u8, "real images")
     _check_counts(len(fake_u8), len(real_u8), classifier, fid, isc, prc)
-    _require_file(classifier.path)
+    require_classifier_file(classifier.path)
     flags = {"fid": fid, "isc": isc, "kid": kid, "prc": prc}
     real_hash = _content_hash(real_u8)
     needs_real = fid or kid or prc

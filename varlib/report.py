@@ -1,8 +1,9 @@
 """Tables, figures and the provenance record written beside them.
 
 Every number a notebook publishes goes through `Report`: tables to results/<notebook>/ (CSV and Markdown),
-figures to figures/<notebook>/ (PNG), and provenance.json in both folders (git SHA, parameters, device, torch
-version, seed, wall time), rewritten after each write so that it is never missing beside a result.
+figures to figures/<notebook>/ (PNG) -- one level deeper, in <profile>/, for every profile but `full` -- and
+provenance.json in both folders (varlib's git SHA, parameters, device, torch version, seed, wall time), rewritten
+after each write so that it is never missing beside a result.
 """
 
 from __future__ import annotations
@@ -19,18 +20,21 @@ from typing import Any
 import pandas as pd
 import torch
 
-from .artifacts import _jsonable
+from .artifacts import jsonable
+
+PACKAGE_DIR = Path(__file__).resolve().parent
 
 
-def git_sha(cwd: Path | None = None) -> str:
-    """HEAD's SHA (with "-dirty" for uncommitted changes); $VARLIB_GIT_SHA where the tree is a copy without .git
-    (a remote GPU machine)."""
+def git_sha(tree: Path = PACKAGE_DIR) -> str:
+    """The commit of the checkout holding `tree` (by default varlib's own package, whatever the current directory),
+    with "-dirty" for uncommitted changes to tracked files; $VARLIB_GIT_SHA where the tree is a copy without .git
+    (a remote GPU machine); "unknown" for an installed copy outside any checkout."""
     if os.environ.get("VARLIB_GIT_SHA"):
         return os.environ["VARLIB_GIT_SHA"]
     try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True).stdout
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd, capture_output=True,
-                               text=True, check=True).stdout.strip()
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=tree, capture_output=True, text=True, check=True).stdout
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=tree,
+                               capture_output=True, text=True, check=True).stdout.strip()
         return sha.strip() + ("-dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
@@ -46,20 +50,28 @@ def device_info(device: torch.device | str) -> dict:
     return info
 
 
-def resolve_device(device: str = "auto") -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+def default_out_dir() -> Path:
+    """Where results/ and figures/ go when a run names no out_dir: the checkout varlib was imported from (where
+    pyproject.toml is), else the current directory."""
+    root = PACKAGE_DIR.parent
+    return root if (root / "pyproject.toml").is_file() else Path.cwd()
+
+
+def output_folders(out_dir: str | Path, name: str, profile: str) -> tuple[Path, Path]:
+    """(results, figures) folders of one notebook at one profile: <out_dir>/results/<name>/ for the full profile (the
+    study's published results), <out_dir>/results/<name>/<profile>/ for the others, likewise under figures/, so that
+    a quick or smoke run never overwrites the full one."""
+    sub = () if profile == "full" else (profile,)
+    return Path(out_dir, "results", name, *sub), Path(out_dir, "figures", name, *sub)
 
 
 class Report:
-    """Writes one notebook's outputs: `results/<name>/`, `figures/<name>/` under `out_dir`, with provenance."""
+    """Writes one notebook's outputs with provenance, into `output_folders(out_dir, name, profile)`."""
 
-    def __init__(self, name: str, params: dict, out_dir: str | Path = ".", device: torch.device | str = "cpu",
-                 seed: int | None = None):
+    def __init__(self, name: str, params: dict, out_dir: str | Path | None = None,
+                 device: torch.device | str = "cpu", seed: int | None = None, profile: str = "full"):
         self.name, self.params, self.seed = name, dict(params), seed
-        self.results = Path(out_dir) / "results" / name
-        self.figures = Path(out_dir) / "figures" / name
+        self.results, self.figures = output_folders(out_dir or default_out_dir(), name, profile)
         self.device = torch.device(device)
         self.t0 = time.perf_counter()
         self.sha = git_sha()  # the code that ran: taken at the start, not when a file is written
@@ -106,10 +118,10 @@ def provenance(name: str, params: dict, device: torch.device | str, seed: int | 
         "written_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "wall_time_s": round(wall_time_s, 2),
         "seed": seed,
-        "parameters": _jsonable(params),
+        "parameters": jsonable(params),
         **device_info(device),
         "files": sorted(set(map(str, files))),
-        **_jsonable(extra or {}),
+        **jsonable(extra or {}),
     }
 
 
@@ -119,35 +131,10 @@ def write_provenance(folder: Path, record: dict) -> Path:
     return path
 
 
-def repo_root(start: Path | None = None) -> Path:
-    """The checkout's top folder (where pyproject.toml is), so notebooks write to results/ from any working dir."""
-    here = (start or Path.cwd()).resolve()
-    for d in (here, *here.parents):
-        if (d / "pyproject.toml").is_file() and (d / "varlib").is_dir():
-            return d
-    return here
-
-
-def start_study(name: str, profile: str = "quick", dataset: str = "fashion-mnist", resolution: int | None = None,
-                device: str = "auto", seed: int = 0, out_dir: str | None = None, **params: Any):
-    """Everything a notebook's first cell needs: the profile adapted to the data, the device, a seeded RNG, logging,
-    and the Report that writes its tables and figures. Returns (profile, device, report)."""
-    import logging
-
-    from .config import get_profile
-
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", force=True)
-    prof = get_profile(profile, dataset=dataset, resolution=resolution)
-    dev = resolve_device(device)
-    torch.manual_seed(seed)
-    all_params = dict(profile=profile, dataset=dataset, resolution=prof.data.resolution, device=str(dev), seed=seed,
-                      **params)
-    report = Report(name, all_params, out_dir=out_dir or repo_root(), device=dev, seed=seed)
-    return prof, dev, report
-
-
-def image_grid(ax, images: torch.Tensor, nrow: int, title: str | None = None) -> None:
-    """Draw a batch (N, C, H, W) — uint8, or floats in [-1, 1] — as one image with `nrow` images per row."""
+def image_grid(ax, images: torch.Tensor, nrow: int, title: str | None = None,
+               row_labels: list[str] | None = None) -> None:
+    """Draw a batch (N, C, H, W) — uint8, or floats in [-1, 1] — as one image with `nrow` images per row;
+    `row_labels` names each row at its left (e.g. the class names of a one-row-per-class grid)."""
     from torchvision.utils import make_grid
 
     x = images.detach().cpu()
@@ -155,6 +142,13 @@ def image_grid(ax, images: torch.Tensor, nrow: int, title: str | None = None) ->
     grid = make_grid(x.clamp(0, 1), nrow=nrow, padding=1, pad_value=1.0).permute(1, 2, 0).numpy()
     ax.imshow(grid[..., 0] if images.shape[1] == 1 else grid, cmap="gray" if images.shape[1] == 1 else None,
               vmin=0, vmax=1)
-    ax.set_axis_off()
+    ax.set_xticks([])
+    ax.set_frame_on(False)
+    if row_labels:
+        cell = images.shape[-2] + 1  # make_grid's padding of 1
+        ax.set_yticks([1 + cell * (i + 0.5) for i in range(len(row_labels))], row_labels, fontsize=8)
+        ax.tick_params(left=False)
+    else:
+        ax.set_yticks([])
     if title:
         ax.set_title(title)

@@ -2,7 +2,8 @@
 
 The paper writes its laws as y = (beta * x)^alpha (x = parameters N in billions, or training compute C). In log-log
 space that is a line, log y = alpha * log x + alpha * log beta, fitted here by least squares, with a bootstrap over
-the points for confidence intervals and Pearson's r of the log-log data.
+the points for confidence intervals and Pearson's r of the log-log data. The paper's own fits are in
+`varlib.paper.SCALING_LAWS`.
 """
 
 from __future__ import annotations
@@ -11,19 +12,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-
-# The paper's fitted laws (ImageNet 256, 12 sizes from 18M to 2B parameters, N in billions; Sec. 5.1). Quoted for
-# comparison only, labelled as the paper's wherever they appear. Compute-optimal exponents are from Fig. 6.
-PAPER_LAWS = {
-    ("N", "loss_last"): {"beta": 2.0, "alpha": -0.23},
-    ("N", "loss_all"): {"beta": 2.5, "alpha": -0.20},
-    ("N", "err_last"): {"beta": 4.9e2, "alpha": -0.016},
-    ("N", "err_all"): {"beta": 6.5e2, "alpha": -0.010},
-    ("C", "loss_last"): {"alpha": -0.13},
-    ("C", "loss_all"): {"alpha": -0.16},
-    ("C", "err_last"): {"alpha": -0.0067},
-    ("C", "err_all"): {"alpha": -0.011},
-}
 
 
 @dataclass(frozen=True)

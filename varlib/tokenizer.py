@@ -7,7 +7,7 @@ an image in [-1, 1].
 
 Module and parameter names follow the authors' state dict (`encoder.*`, `decoder.*`, `quantize.embedding.weight`,
 `quantize.quant_resi.qresi_ls.N.*`, `quantize.ema_vocab_hit_SV`, `quant_conv`, `post_quant_conv`), so their released
-`vae_ch160v4096z32.pth` loads with strict=True into `VQVAE(TokenizerConfig.paper())` (`load_authors_checkpoint`).
+`vae_ch160v4096z32.pth` loads with strict=True into `VQVAE(TokenizerConfig.paper())` (`authors.load_authors_tokenizer`).
 
 Token maps are lists `idx_Bl` of LongTensors (B, h_k * w_k), row-major within a scale; `cat_scales` / `split_scales`
 convert to and from one (B, L) tensor.
@@ -18,7 +18,6 @@ from __future__ import annotations
 import functools
 import logging
 import math
-from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
@@ -26,7 +25,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .artifacts import ArtifactError, load_file
 from .config import TokenizerConfig
 from .parallel import sum_over_ranks
 
@@ -421,9 +419,23 @@ class VQVAE(nn.Module):
         f_hat, vq_loss, idx_Bl = self.quantize(self.img_to_f(x_BCHW))
         return self.decoder(self.post_quant_conv(f_hat)), vq_loss, idx_Bl
 
-    def fhat_to_img(self, f_hat: torch.Tensor) -> torch.Tensor:
-        """f_hat (B, Cvae, h_K, w_K) -> image (B, C, H, W) clamped to [-1, 1]."""
-        return self.decoder(self.post_quant_conv(f_hat)).clamp(-1, 1)
+    DECODE_CHUNK = 32  # images per decoder call: at 256 px a decoder activation is 0.7 GB per 32 images (bf16)
+
+    def fhat_to_img(self, f_hat: torch.Tensor, compile: bool = False) -> torch.Tensor:
+        """f_hat (B, Cvae, h_K, w_K) -> float32 images (B, C, H, W) clamped to [-1, 1], `DECODE_CHUNK` images per
+        decoder call (the same images as one call, in a bounded footprint); the decoder may run in bf16 under
+        autocast.
+
+        compile=True compiles the decoder up to its last convolution (post_quant_conv, then `Decoder.trunk`) and
+        runs the last convolution eagerly: inductor hands convolutions channels-last inputs, and for 3 output
+        channels cuDNN has only a generic kernel there (12 ms against 2 ms per 32 images at 256 px on an H100; the
+        whole decode of 64 images 0.107 s against 0.124 s)."""
+        def trunk(f_hat_chunk: torch.Tensor) -> torch.Tensor:
+            return self.decoder.trunk(self.post_quant_conv(f_hat_chunk))
+
+        run_trunk = torch.compile(trunk) if compile else trunk
+        return torch.cat([self.decoder.conv_out(run_trunk(chunk)).clamp(-1, 1).float()
+                          for chunk in f_hat.split(self.DECODE_CHUNK)])
 
     def img_to_idxBl(self, x_BCHW: torch.Tensor) -> list[torch.Tensor]:
         """Alg. 1: image -> tokens, a list of K LongTensors (B, h_k * w_k)."""
@@ -478,49 +490,6 @@ def frozen(vae: VQVAE) -> VQVAE:
     vae.eval()
     vae.requires_grad_(False)
     return vae
-
-
-def config_from_state_dict(state: dict, scales: tuple[int, ...]) -> TokenizerConfig:
-    """The TokenizerConfig of a VQVAE state dict in the authors' key layout (widths, levels, blocks, attention,
-    latent channels, codebook size, phi sharing), for the given scale schedule; the paper's checkpoint gives
-    TokenizerConfig.paper(scales). phi_ratio and beta are not stored and keep their (the paper's) defaults."""
-    levels = sorted({int(k.split(".")[2]) for k in state if k.startswith("encoder.down.")})
-    ch = state["encoder.conv_in.weight"].shape[0]
-    last = levels[-1]
-    if any(k.startswith("quantize.quant_resi.qresi_ls.") for k in state):
-        share_phi = len({k.split(".")[3] for k in state if k.startswith("quantize.quant_resi.qresi_ls.")})
-    else:
-        share_phi = 1 if "quantize.quant_resi.qresi.weight" in state else 0
-    return TokenizerConfig(
-        in_channels=state["encoder.conv_in.weight"].shape[1], ch=ch,
-        ch_mult=tuple(state[f"encoder.down.{i}.block.0.conv1.weight"].shape[0] // ch for i in levels),
-        num_res_blocks=len({k.split(".")[4] for k in state if k.startswith("encoder.down.0.block.")}),
-        using_sa=any(k.startswith(f"encoder.down.{last}.attn.") for k in state),
-        using_mid_sa="encoder.mid.attn_1.qkv.weight" in state,
-        z_channels=state["quant_conv.weight"].shape[0], vocab_size=state["quantize.embedding.weight"].shape[0],
-        scales=tuple(scales), share_phi=share_phi)
-
-
-def load_authors_checkpoint(path: str | Path, scales: tuple[int, ...] | None = None) -> VQVAE:
-    """The authors' released tokenizer (`vae_ch160v4096z32.pth`) as a frozen VQVAE, its configuration read off the
-    state dict (`config_from_state_dict`; the released file gives `TokenizerConfig.paper()`), for `scales` (default:
-    the paper's 256 px schedule)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ArtifactError(f"{path}: no such file; download vae_ch160v4096z32.pth from the authors' Hugging Face "
-                            "page (FoundationVision/var) and pass its path")
-    state = load_file(path)
-    if not isinstance(state, dict) or "quantize.embedding.weight" not in state:
-        raise ArtifactError(f"{path}: not a VQVAE state dict (no 'quantize.embedding.weight' key); pass the authors' "
-                            "vae_ch160v4096z32.pth")
-    try:
-        cfg = config_from_state_dict(state, scales or TokenizerConfig.paper().scales)
-        vae = VQVAE(cfg)
-        vae.load_state_dict(state, strict=True)
-    except (KeyError, RuntimeError, ValueError) as e:
-        raise ArtifactError(f"{path}: not a VQVAE state dict in the authors' layout ({e})") from e
-    log.info("loaded the authors' tokenizer from %s (%s)", path, cfg)
-    return frozen(vae)
 
 
 def cat_scales(idx_Bl: list[torch.Tensor]) -> torch.Tensor:

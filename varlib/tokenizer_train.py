@@ -6,46 +6,34 @@ recipe in the VQGAN family: loss = L2 reconstruction + the multi-scale VQ loss (
 discriminator switched on after gan_start * steps. Codes unused over a window of steps are restarted from recent
 quantizer inputs, against the codebook collapse at the coarse scales that users report (Infinity#80, VAR#54).
 
-`get_tokenizer` is the cached entry point: a trained tokenizer is stored under `tokenizer_key(...)` and reused.
+`train_tokenizer` is the loop; `Study.tokenizer` caches what it trains.
 """
 
 from __future__ import annotations
 
-import argparse
 import functools
 import logging
 import math
-import time
 
 import numpy as np
 import pandas as pd
 import torch
-import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from . import artifacts
-from .config import DataConfig, TokenizerConfig, TokenizerTrainConfig, get_profile
-from .data import ImageDataset, load_split, to_uint8
-from .metrics import Classifier, load_lpips, lpips_distance, psnr, rfid, ssim
+from .artifacts import TrainState
+from .classifier import Classifier
+from .config import TokenizerConfig, TokenizerTrainConfig
+from .data import ImageDataset, to_float, to_uint8
+from .device import autocast
+from .metrics import load_lpips, lpips_distance, psnr, rfid, ssim
 from .parallel import data_parallel, gather_batch, mean_over_ranks, setup_distributed, share_of, sum_over_ranks
-from .report import resolve_device
-from .tokenizer import VQVAE, cat_scales, code_hits, frozen, split_scales
+from .tokenizer import VQVAE, cat_scales, code_hits
 
 log = logging.getLogger(__name__)
 
-KIND = "tokenizer"
 USAGE_IMAGES = 1000  # held-out images whose tokens measure the stored codebook usage
-
-
-def tokenizer_spec(data_cfg: DataConfig, tok_cfg: TokenizerConfig, train_cfg: TokenizerTrainConfig) -> dict:
-    return {"data": data_cfg, "tokenizer": tok_cfg, "train": train_cfg}
-
-
-def tokenizer_key(data_cfg: DataConfig, tok_cfg: TokenizerConfig, train_cfg: TokenizerTrainConfig) -> str:
-    """The artifact key of this tokenizer; downstream caches include it in their own specs."""
-    return artifacts.key_of(KIND, tokenizer_spec(data_cfg, tok_cfg, train_cfg))
 
 
 def seeded_generator(*parts: int) -> torch.Generator:
@@ -109,7 +97,7 @@ class TokenizerStep:
         self.opt_d = torch.optim.AdamW(disc.parameters(), lr=train_cfg.lr, betas=train_cfg.betas,
                                        weight_decay=train_cfg.weight_decay, fused=fused)
         self.lpips_fn = load_lpips("alex", device) if train_cfg.lpips_weight > 0 else None
-        self.amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+        self.device = device
         if train_cfg.compile:
             for module in (vae.encoder, vae.decoder, disc):
                 module.compile()
@@ -120,7 +108,7 @@ class TokenizerStep:
 
     def __call__(self, x: torch.Tensor, use_gan: bool) -> tuple[dict[str, torch.Tensor], list[torch.Tensor]]:
         vae, disc, cfg = self.vae, self.disc, self.cfg
-        with self.amp:
+        with autocast(self.device):
             rec, vq_loss, idx_Bl = self.vae_net(x)
         rec = rec.float()
         rec_loss = F.mse_loss(rec, x)
@@ -130,7 +118,7 @@ class TokenizerStep:
             losses["lpips"] = self.lpips_fn(*(t.expand(-1, 3, -1, -1) for t in (rec, x))).mean()
             loss = loss + cfg.lpips_weight * losses["lpips"]
         if use_gan:
-            with self.amp:
+            with autocast(self.device):
                 losses["gan_g"] = -disc(rec).float().mean()
             loss = loss + cfg.gan_weight * losses["gan_g"]
         self.opt.zero_grad(set_to_none=True)
@@ -138,7 +126,7 @@ class TokenizerStep:
         torch.nn.utils.clip_grad_norm_(vae.parameters(), cfg.grad_clip)
         self.opt.step()
         if use_gan:
-            with self.amp:  # real and fake in one call: one forward per backward, as DDP expects
+            with autocast(self.device):  # real and fake in one call: one forward per backward, as DDP expects
                 real, fake = self.disc_net(torch.cat((x, rec.detach()))).float().chunk(2)
                 losses["gan_d"] = hinge_d_loss(real, fake)
             self.opt_d.zero_grad(set_to_none=True)
@@ -149,29 +137,28 @@ class TokenizerStep:
         return {k: v.detach() for k, v in losses.items()}, idx_Bl
 
 
-def train_tokenizer(data_cfg: DataConfig, tok_cfg: TokenizerConfig, train_cfg: TokenizerTrainConfig,
-                    device: torch.device | str, progress: bool = True, *, snapshot_every: int = 250,
-                    stop_at: int | None = None) -> tuple[VQVAE, pd.DataFrame]:
-    """Train a tokenizer from scratch, or resume an interrupted run of the same configuration.
+def train_tokenizer(images_u8: torch.Tensor, tok_cfg: TokenizerConfig, train_cfg: TokenizerTrainConfig,
+                    device: torch.device | str, progress: bool = True, *, resume: TrainState | None = None,
+                    snapshot_every: int = 250, stop_at: int | None = None) -> tuple[VQVAE, pd.DataFrame]:
+    """Train a tokenizer from scratch on uint8 images (N, C, H, W), or resume an interrupted run from `resume`.
 
     Returns the model (train mode) and a per-step history (step, rec, vq, lpips, gan_g, gan_d, loss, usage,
-    restarted). A snapshot is written every `snapshot_every` steps; `stop_at` ends the run early after that many
-    steps, leaving a snapshot to resume from (time-limited sessions)."""
+    restarted). With `resume`, a snapshot is written every `snapshot_every` steps and picked up by the next call;
+    `stop_at` ends the run early after that many steps, leaving a snapshot to resume from (time-limited sessions)."""
     rank, world, device = setup_distributed(torch.device(device))
-    if data_cfg.channels != tok_cfg.in_channels or data_cfg.resolution != tok_cfg.resolution:
-        raise ValueError(f"data ({data_cfg.channels} channels, {data_cfg.resolution} px) does not fit the tokenizer "
-                         f"({tok_cfg.in_channels} channels, {tok_cfg.resolution} px); use config.get_profile, which "
-                         "adapts the tokenizer to the data")
+    if tuple(images_u8.shape[1:]) != (tok_cfg.in_channels, tok_cfg.resolution, tok_cfg.resolution):
+        raise ValueError(f"images of shape {tuple(images_u8.shape[1:])} do not fit the tokenizer "
+                         f"({tok_cfg.in_channels} channels, {tok_cfg.resolution} px); Study adapts the tokenizer "
+                         "to the data")
     torch.manual_seed(train_cfg.seed)
     vae = VQVAE(tok_cfg).to(device).train()
     disc = PatchDiscriminator(tok_cfg.in_channels).to(device).train()
-    images_u8 = load_split(data_cfg, "train").images_u8.to(device)
+    images_u8 = images_u8.to(device)
     hits_V = torch.zeros(tok_cfg.vocab_size, device=device)
     history: list[dict] = []
     start = 0
 
-    snapshots = artifacts.TrainState(KIND, tokenizer_spec(data_cfg, tok_cfg, train_cfg))
-    snap = snapshots.load()
+    snap = resume.load() if resume is not None else None
     train_step = TokenizerStep(vae, disc, train_cfg, device, world)
     if snap is not None:
         vae.load_state_dict(snap["vae"])
@@ -202,7 +189,7 @@ def train_tokenizer(data_cfg: DataConfig, tok_cfg: TokenizerConfig, train_cfg: T
         # every rank draws the same global batch (seeded by step) and trains on its own slice of it
         idx = share_of(batch_indices(step, train_cfg.batch_size, len(images_u8), train_cfg.seed), rank, world)
         idx = idx.to(device, non_blocking=True)
-        x = images_u8[idx].float().div(127.5).sub(1.0)
+        x = to_float(images_u8[idx])
         if step == 0:  # data-dependent codebook init: every code starts as a residual that the quantizer sees
             restart_from_batch(vae, gather_batch(x), torch.ones_like(hits_V, dtype=torch.bool),
                                seeded_generator(train_cfg.seed, 2))
@@ -221,17 +208,15 @@ def train_tokenizer(data_cfg: DataConfig, tok_cfg: TokenizerConfig, train_cfg: T
             last = history[-1]
             bar.set_postfix(loss=f"{last['loss']:.4f}", rec=f"{last['rec']:.4f}", vq=f"{last['vq']:.4f}",
                             usage=f"{last['usage']:.2f}")
-        if (step + 1) % snapshot_every == 0 or (stopping_early and step + 1 == end):
+        if resume is not None and ((step + 1) % snapshot_every == 0 or (stopping_early and step + 1 == end)):
             flush()
             if rank == 0:
-                snapshots.save({"step": step + 1, "vae": vae.state_dict(), "disc": disc.state_dict(),
+                resume.save({"step": step + 1, "vae": vae.state_dict(), "disc": disc.state_dict(),
                                 "opt": train_step.opt.state_dict(), "opt_d": train_step.opt_d.state_dict(),
                                 "hits_V": hits_V.clone(), "record_hit": vae.quantize.record_hit,
                                 "rng": torch.get_rng_state(), "history": history})
     flush()
     bar.close()
-    if not stopping_early and rank == 0:
-        snapshots.clear()
     return vae, pd.DataFrame(history)
 
 
@@ -245,29 +230,6 @@ def restart_from_batch(vae: VQVAE, x_BCHW: torch.Tensor, dead_V: torch.Tensor, g
     return n
 
 
-def get_tokenizer(data_cfg: DataConfig, tok_cfg: TokenizerConfig, train_cfg: TokenizerTrainConfig,
-                  device: torch.device | str) -> VQVAE:
-    """The trained tokenizer for these configs, from the artifact cache or trained now; frozen (eval mode,
-    requires_grad False) on `device`."""
-    device = torch.device(device)
-
-    def build() -> dict:
-        t0 = time.perf_counter()
-        vae, history = train_tokenizer(data_cfg, tok_cfg, train_cfg, device)
-        train_seconds = time.perf_counter() - t0
-        idx_NL = encode_dataset(frozen(vae), load_split(data_cfg, "test"), device, n=USAGE_IMAGES)
-        return {"state_dict": {k: v.cpu() for k, v in vae.state_dict().items()},
-                "configs": {"data": data_cfg, "tokenizer": tok_cfg, "train": train_cfg},
-                "history": history.to_dict("list"), "train_seconds": train_seconds,
-                "usage": vae.codebook_usage(idx_NL),
-                "usage_per_scale": [vae.codebook_usage(t) for t in split_scales(idx_NL, tok_cfg.scales)]}
-
-    payload = artifacts.get_or_build(KIND, tokenizer_spec(data_cfg, tok_cfg, train_cfg), build)
-    vae = VQVAE(tok_cfg)
-    vae.load_state_dict(payload["state_dict"])
-    return frozen(vae.to(device))
-
-
 # ----------------------------------------------------------------------------------------------- evaluation
 
 @torch.no_grad()
@@ -276,7 +238,7 @@ def evaluate_tokenizer(vae: VQVAE, dataset: ImageDataset, device: torch.device |
     """Reconstruction quality and codebook usage on (the first `n` images of) `dataset`, one row per number of
     scales used k = 1..K: scales_used, last_scale, tokens (sum of h_j * w_j for j <= k), psnr, ssim (means over
     images, reconstructions decoded from f_hat_k), usage_scale (fraction of the V codes used at scale k) and
-    usage_cumulative (at scales 1..k). With a `classifier` (varlib.metrics.get_classifier) also rfid, the FID of
+    usage_cumulative (at scales 1..k). With a `classifier` (`Study.classifier()`) also rfid, the FID of
     the reconstructions against the originals on its features, and lpips when the LPIPS backbone weights exist."""
     device = torch.device(device)
     vae = vae.to(device).eval()
@@ -311,17 +273,13 @@ def evaluate_tokenizer(vae: VQVAE, dataset: ImageDataset, device: torch.device |
 
 
 @torch.no_grad()
-def encode_dataset(vae: VQVAE, dataset: ImageDataset, device: torch.device | str, n: int | None = None,
-                   batch_size: int = 256) -> torch.Tensor:
-    """Tokens of (the first `n` images of) `dataset` as one LongTensor (N, L) on the CPU, scales concatenated
+def encode_images(vae: VQVAE, images_u8: torch.Tensor, device: torch.device | str,
+                  batch_size: int = 256) -> torch.Tensor:
+    """Alg. 1 on uint8 images (N, C, H, W): their tokens as one LongTensor (N, L) on the CPU, scales concatenated
     (`tokenizer.split_scales` recovers them)."""
     vae = vae.to(device).eval()
-    n = len(dataset) if n is None else min(n, len(dataset))
-    idx_chunks = []
-    for i in range(0, n, batch_size):
-        x = dataset.float_images(slice(i, min(i + batch_size, n))).to(device)
-        idx_chunks.append(cat_scales(vae.img_to_idxBl(x)).cpu())
-    return torch.cat(idx_chunks)
+    return torch.cat([cat_scales(vae.img_to_idxBl(to_float(images_u8[i:i + batch_size].to(device)))).cpu()
+                      for i in tqdm(range(0, len(images_u8), batch_size), desc="encoding", leave=False)])
 
 
 @torch.no_grad()
@@ -332,24 +290,7 @@ def coarse_to_fine(vae: VQVAE, images: torch.Tensor) -> torch.Tensor:
     return torch.stack([x, *vae.img_to_reconstructed_img(x)]).cpu()
 
 
-def main(argv: list[str] | None = None) -> None:
-    """`python -m varlib.tokenizer_train --profile quick`, also under `torchrun --nproc_per_node=N -m
-    varlib.tokenizer_train` (each rank trains on its share of every global batch)."""
-    parser = argparse.ArgumentParser(description="Train (or load from the cache) the tokenizer of a profile.")
-    parser.add_argument("--profile", default="smoke", help="smoke | quick | full")
-    parser.add_argument("--dataset", default="fashion-mnist", help="fashion-mnist, or a folder of class folders")
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    prof = get_profile(args.profile, dataset=args.dataset)
-    rank, world, device = setup_distributed(resolve_device(args.device))
-    get_tokenizer(prof.data, prof.tokenizer, prof.tokenizer_train, device)
-    if rank == 0:
-        spec = tokenizer_spec(prof.data, prof.tokenizer, prof.tokenizer_train)
-        log.info("tokenizer ready: %s", artifacts.artifact_path(KIND, spec))
-    if world > 1:
-        dist.destroy_process_group()
+if __name__ == "__main__":  # python -m varlib.tokenizer_train: the command line lives in varlib.cli
+    from .cli import tokenizer_main
 
-
-if __name__ == "__main__":
-    main()
+    tokenizer_main()

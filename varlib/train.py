@@ -1,6 +1,6 @@
 """Training the transformers, VAR (next-scale prediction) and the raster-scan AR baseline, on cached tokens.
 
-The frozen tokenizer encodes every image once (`get_tokens`); training then draws batches of token indices already on
+The frozen tokenizer encodes every image once (`Study.tokens`); training then draws batches of token indices already on
 the device and builds the teacher-forcing input per batch from the codebook, without the encoder. The authors
 re-encode every image at every step, which is why their small models trained no faster than their large ones
 (their issue #154).
@@ -8,34 +8,29 @@ re-encode every image at every step, which is why their small models trained no 
 The recipe is the authors' (REFERENCE.md 4.5-4.6): AdamW (0.9, 0.95) with weight decay on matrices only, the 'lin0'
 learning-rate shape, gradient clipping, bf16 autocast, and the loss averaged over all L tokens of every scale.
 
-One process or several: `train_model` is the loop; under `torchrun` it wraps the model in DistributedDataParallel
-and each rank trains on a disjoint share of every global batch (`torchrun --nproc_per_node=2 -m varlib.train`).
+One process or several: `train_model` is the loop (`Study.transformer` caches what it trains); under `torchrun` it
+wraps the model in DistributedDataParallel and each rank trains on a disjoint share of every global batch
+(`torchrun --nproc_per_node=2 -m varlib.train`).
 """
 
 from __future__ import annotations
 
-import argparse
-import contextlib
-import dataclasses
 import logging
 import time
-from pathlib import Path
 
 import pandas as pd
 import torch
-import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 from tqdm.auto import tqdm
 
-from .artifacts import TrainState, get_or_build
-from .config import DataConfig, TokenizerConfig, TokenizerTrainConfig, TrainConfig, VARConfig, get_profile
-from .data import ImageDataset, load_split, to_float
+from .artifacts import TrainState
+from .config import TrainConfig, VARConfig, check_compatible
+from .device import autocast
 from .parallel import data_parallel, mean_over_ranks, rank_and_world, setup_distributed, share_of, sum_over_ranks
-from .report import provenance, resolve_device, write_provenance
-from .tokenizer import cat_scales, split_scales
-from .tokenizer_train import batch_indices, get_tokenizer, tokenizer_key
+from .tokenizer import split_scales
+from .tokenizer_train import batch_indices
 from .transformer import build_model, teacher_forcing_input
 
 log = logging.getLogger(__name__)
@@ -50,30 +45,8 @@ NO_DECAY_NAMES = ("pos_start", "pos_1LC", "lvl_embed", "scale_mul", "ada_gss", "
 # ----------------------------------------------------------------------------------------------- token cache
 
 def token_dtype(vocab_size: int) -> torch.dtype:
+    """The smallest integer type for cached token indices of this vocabulary."""
     return torch.int16 if vocab_size <= 2**15 else torch.int32
-
-
-@torch.no_grad()
-def encode_split(vae: nn.Module, dataset: ImageDataset, device: torch.device | str, batch_size: int = 256) -> dict:
-    """Token indices of every image, all scales concatenated: dict(idx=(N, L) int16/int32, labels=(N,) int64)."""
-    dtype = token_dtype(vae.vocab_size)
-    chunks = []
-    for i in tqdm(range(0, len(dataset), batch_size), desc=f"encoding {dataset.name}", leave=False):
-        x_BCHW = to_float(dataset.images_u8[i:i + batch_size].to(device))
-        chunks.append(cat_scales(vae.img_to_idxBl(x_BCHW)).to("cpu", dtype))
-    return dict(idx=torch.cat(chunks), labels=dataset.labels.clone())
-
-
-def get_tokens(data_cfg: DataConfig, tok_cfg: TokenizerConfig, tok_train_cfg: TokenizerTrainConfig, split: str,
-               device: torch.device | str) -> dict:
-    """The cached tokens of one split, encoded once by the frozen tokenizer (trained or loaded on first use)."""
-    spec = dict(tokenizer=tokenizer_key(data_cfg, tok_cfg, tok_train_cfg), data=data_cfg, split=split)
-
-    def build() -> dict:
-        vae = get_tokenizer(data_cfg, tok_cfg, tok_train_cfg, device)
-        return encode_split(vae, load_split(data_cfg, split), device)
-
-    return get_or_build("tokens", spec, build)
 
 
 # ----------------------------------------------------------------------------------------------- optimisation
@@ -115,13 +88,6 @@ def loss_weights(scales: tuple[int, ...], mode: str, device: torch.device | str)
     else:
         raise ValueError(f"TrainConfig.scale_weighting must be 'uniform' or 'per_scale', got {mode!r}")
     return per_token.repeat_interleave(sizes.long()).to(device)
-
-
-def autocast(device: torch.device) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA (no loss scaling needed); full float32 elsewhere."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 class TokenLoss(nn.Module):
@@ -258,9 +224,17 @@ def train_model(var_cfg: VARConfig, train_cfg: TrainConfig, vae: nn.Module, toke
     """
     rank, world, device = setup_distributed(torch.device(device))
     L, steps = var_cfg.num_tokens, train_cfg.steps
+    check_compatible(var_cfg, vae.cfg)
     if tokens_train["idx"].shape[1] != L:
         raise ValueError(f"tokens have {tokens_train['idx'].shape[1]} positions but VARConfig.scales={var_cfg.scales} "
                          f"needs {L}: encode them with a tokenizer whose scales match the transformer's")
+    for name, tokens in (("training", tokens_train), ("test", tokens_test)):
+        labels = tokens["labels"]
+        if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= var_cfg.num_classes):
+            raise ValueError(f"the {name} tokens hold class ids in [{int(labels.min())}, {int(labels.max())}], but "
+                             f"VARConfig.num_classes = {var_cfg.num_classes} (ids 0..{var_cfg.num_classes - 1}; "
+                             f"{var_cfg.num_classes} is the null class): build the config from the data "
+                             f"(Study.var_config)")
     n_train = len(tokens_train["labels"])
     torch.manual_seed(train_cfg.seed)
     model = build_model(var_cfg).to(device)
@@ -317,70 +291,7 @@ def train_model(var_cfg: VARConfig, train_cfg: TrainConfig, vae: nn.Module, toke
     return model.eval(), pd.DataFrame(rows)
 
 
-def model_spec(var_cfg: VARConfig, train_cfg: TrainConfig, data_cfg: DataConfig, tok_cfg: TokenizerConfig,
-               tok_train_cfg: TokenizerTrainConfig) -> dict:
-    """What determines a trained transformer: its artifact key's spec. `TrainConfig.compile` is left out: like the
-    device, it changes how the step runs, not what it computes (the compiled step equals the eager one within float
-    rounding, tests/test_train.py), so a model trained either way serves both."""
-    return dict(var=var_cfg, train=dataclasses.replace(train_cfg, compile=False), data=data_cfg,
-                tokenizer=tokenizer_key(data_cfg, tok_cfg, tok_train_cfg))
+if __name__ == "__main__":  # python -m varlib.train: the command line lives in varlib.cli
+    from .cli import train_main
 
-
-def get_model(var_cfg: VARConfig, train_cfg: TrainConfig, data_cfg: DataConfig, tok_cfg: TokenizerConfig,
-              tok_train_cfg: TokenizerTrainConfig, device: torch.device | str,
-              progress: bool = True) -> tuple[nn.Module, pd.DataFrame]:
-    """The trained transformer for these configs and its history, trained on first use and cached (kind "var").
-    An interrupted training run resumes from its last evaluation. For the AR baseline (one scale) pass a tokenizer
-    config with scales=(h,)."""
-    spec = model_spec(var_cfg, train_cfg, data_cfg, tok_cfg, tok_train_cfg)
-    resume = TrainState("var", spec)
-
-    def build() -> dict:
-        vae = get_tokenizer(data_cfg, tok_cfg, tok_train_cfg, device)
-        tokens_train, tokens_test = (get_tokens(data_cfg, tok_cfg, tok_train_cfg, s, device) for s in ("train", "test"))
-        model, history = train_model(var_cfg, train_cfg, vae, tokens_train, tokens_test, device, progress, resume)
-        return dict(model=model.state_dict(), history=history.to_dict("records"))
-
-    payload = get_or_build("var", spec, build)
-    resume.clear()
-    model = build_model(var_cfg)
-    model.load_state_dict(payload["model"])
-    return model.to(device).eval(), pd.DataFrame(payload["history"])
-
-
-def main(argv: list[str] | None = None) -> None:
-    """`python -m varlib.train --profile smoke --depth 2`, also under `torchrun --nproc_per_node=N -m varlib.train`."""
-    parser = argparse.ArgumentParser(description="Train (or load from the cache) one VAR transformer.")
-    parser.add_argument("--profile", default="smoke", help="smoke | quick | full")
-    parser.add_argument("--depth", type=int, help="transformer depth (default: the profile's)")
-    parser.add_argument("--dataset", default="fashion-mnist", help="fashion-mnist, or a folder of class folders")
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    parser.add_argument("--history-out", help="also write the training history (one row per evaluation) as CSV here")
-    args = parser.parse_args(argv)
-    started = time.perf_counter()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    prof = get_profile(args.profile, dataset=args.dataset)
-    var_cfg = dataclasses.replace(prof.var, depth=args.depth or prof.var.depth)
-    rank, world, device = setup_distributed(resolve_device(args.device))
-    get_tokenizer(prof.data, prof.tokenizer, prof.tokenizer_train, device)  # under torchrun: trained by all ranks
-    if rank == 0:  # one process encodes the data; the others then read the cache
-        for split in ("train", "test"):
-            get_tokens(prof.data, prof.tokenizer, prof.tokenizer_train, split, device)
-    if world > 1:
-        dist.barrier()
-    model, history = get_model(var_cfg, prof.train, prof.data, prof.tokenizer, prof.tokenizer_train, device)
-    if rank == 0:
-        log.info("final evaluation:\n%s", history.drop(columns=["test_loss_per_scale", "test_err_per_scale"])
-                 .tail(1).to_string(index=False))
-        if args.history_out:
-            out = Path(args.history_out)
-            out.parent.mkdir(parents=True, exist_ok=True)
-            history.to_csv(out, index=False)
-            write_provenance(out.parent, provenance("varlib.train", {**vars(args), "processes": world}, device,
-                                                    prof.train.seed, time.perf_counter() - started, [out.name]))
-    if world > 1:
-        dist.destroy_process_group()
-
-
-if __name__ == "__main__":
-    main()
+    train_main()

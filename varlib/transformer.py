@@ -17,17 +17,13 @@ from __future__ import annotations
 
 import itertools
 import math
-from pathlib import Path
 from typing import NamedTuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .artifacts import ArtifactError, load_file
-from .config import PAPER_SCALES_256, PAPER_SCALES_512, VARConfig
-from .tokenizer import VQVAE
-from .tokenizer import load_authors_checkpoint as load_tokenizer_checkpoint
+from .config import VARConfig
 
 LOG_MAX_ATTN_SCALE = math.log(100.0)  # clamp of the learnable attention temperature (authors' value)
 
@@ -470,50 +466,3 @@ def teacher_forcing_input(vae, idx_Bl: list[torch.Tensor]) -> torch.Tensor:
     if len(idx_Bl) > 1:
         return vae.idxBl_to_var_input(idx_Bl)
     return vae.quantize.embedding(idx_Bl[0][:, :-1]).float()
-
-
-def load_authors_checkpoint(path: str | Path, scales: tuple[int, ...] | None = None) -> VAR:
-    """The authors' released `var_d16.pth` ... `var_d30.pth` (or `var_d36.pth` at 512 px) as a varlib `VAR` in eval
-    mode, its configuration read off the state dict (depth, classes, vocabulary, attention normalisation, shared
-    AdaLN); `scales` defaults to the paper's schedule for the checkpoint's token count."""
-    path = Path(path)
-    if not path.is_file():
-        raise ArtifactError(f"{path}: no such file; download var_d16.pth (or d20/d24/d30) from the authors' Hugging "
-                            "Face page (FoundationVision/var) and pass its path")
-    state = load_file(path)
-    if not isinstance(state, dict) or "class_emb.weight" not in state or "pos_1LC" not in state:
-        raise ArtifactError(f"{path}: not a VAR state dict (no 'class_emb.weight' / 'pos_1LC'); pass the authors' "
-                            "var_d*.pth")
-    depth = 1 + max(int(k.split(".")[1]) for k in state if k.startswith("blocks."))
-    L = state["pos_1LC"].shape[1]
-    if scales is None:
-        scales = next((s for s in (PAPER_SCALES_256, PAPER_SCALES_512) if sum(p * p for p in s) == L), None)
-        if scales is None:
-            raise ArtifactError(f"{path}: {L} tokens match no paper schedule; pass `scales` explicitly")
-    width = state["class_emb.weight"].shape[1]
-    cfg = VARConfig(depth=depth, head_dim=width // depth, num_classes=state["class_emb.weight"].shape[0] - 1,
-                    vocab_size=state["head.weight"].shape[0], z_channels=state["word_embed.weight"].shape[1],
-                    scales=tuple(scales), attn_l2_norm="blocks.0.attn.scale_mul_1H11" in state,
-                    shared_aln="shared_ada_lin.1.weight" in state, drop_path_rate=0.0)
-    model = VAR(cfg)
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        raise ArtifactError(f"{path}: does not load into VAR({cfg}) ({e})") from e
-    return model.eval()
-
-
-AUTHORS_VAE_FILE = "vae_ch160v4096z32.pth"
-
-
-def load_authors_models(folder: str | Path, depth: int = 16) -> tuple[VAR, VQVAE]:
-    """The authors' released pair from one folder: `var_d{depth}.pth` and `vae_ch160v4096z32.pth` (the names of
-    their Hugging Face files), the tokenizer built for the transformer's scale schedule; both in eval mode on the
-    CPU."""
-    folder = Path(folder)
-    model = load_authors_checkpoint(folder / f"var_d{depth}.pth")
-    vae = load_tokenizer_checkpoint(folder / AUTHORS_VAE_FILE, scales=model.scales)
-    if vae.vocab_size != model.cfg.vocab_size or vae.Cvae != model.cfg.z_channels:
-        raise ArtifactError(f"{folder}: the tokenizer (V={vae.vocab_size}, Cvae={vae.Cvae}) does not match "
-                            f"var_d{depth}.pth (V={model.cfg.vocab_size}, Cvae={model.cfg.z_channels})")
-    return model, vae

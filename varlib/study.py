@@ -1,0 +1,259 @@
+"""The study's stages in one object: `Study` builds the tokenizer, the token sets, the transformers and the feature
+classifier, caches each under a key it alone composes, and threads the seeds.
+
+    study = Study.create("quick", dataset="fashion-mnist", seed=1)
+    vae = study.tokenizer()                                   # trained on first use, then from the cache
+    model, history = study.transformer(study.var_config(depth=4))
+    clf = study.classifier()
+
+What determines an artifact, and so its key:
+  tokenizer    the dataset's identity (its content, `data.dataset_id`), the data config, the tokenizer config, its
+               training config with `tokenizer_seed`
+  tokens       the tokenizer's key, the data, the split
+  transformer  its config, its training config with `seed` (compile left out: it changes how, not what), the data,
+               the tokenizer's key
+  classifier   the data, the architecture and recipe, its epochs and `classifier_seed`
+
+`seed` selects the transformers' training seed and the sampling streams (`sampling_seed`); the tokenizer and the
+classifier keep their own seeds (0 unless asked), so runs with several seeds share one tokenizer and one classifier.
+The class count and names come from the data; the null class of classifier-free guidance is always the count.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .artifacts import TrainState, artifact_path, get_or_build, jsonable, key_of
+from .classifier import CLASSIFIER_RECIPE, CLASSIFIER_WIDTHS, Classifier, classifier_from_artifact, train_classifier
+from .config import (
+    Profile,
+    TokenizerConfig,
+    TokenizerTrainConfig,
+    TrainConfig,
+    VARConfig,
+    ar_baseline,
+    check_compatible,
+    get_profile,
+)
+from .data import ImageDataset, dataset_classes, dataset_id, load_split
+from .device import resolve_device
+from .report import Report
+from .tokenizer import VQVAE, frozen, split_scales
+from .tokenizer_train import USAGE_IMAGES, encode_images, train_tokenizer
+from .train import token_dtype, train_model
+from .transformer import VAR, ARTransformer, build_model
+
+log = logging.getLogger(__name__)
+
+
+class Study:
+    """The stages of one study: a profile adapted to one dataset and resolution, on one device, with one seed."""
+
+    def __init__(self, profile: Profile, device: torch.device | str = "cpu", seed: int = 0, *,
+                 tokenizer_seed: int = 0, classifier_seed: int = 0, classes: tuple[str, ...] | None = None,
+                 progress: bool = True):
+        for name, value in (("seed", seed), ("tokenizer_seed", tokenizer_seed), ("classifier_seed", classifier_seed)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"{name} = {value!r}: must be an integer >= 0")
+        self.profile, self.device, self.seed = profile, resolve_device(device), seed
+        self.tokenizer_seed, self.classifier_seed, self.progress = tokenizer_seed, classifier_seed, progress
+        self.classes = tuple(classes) if classes is not None else dataset_classes(profile.data)
+        if profile.var.num_classes != len(self.classes):
+            raise ValueError(f"the profile's transformer has {profile.var.num_classes} classes but the dataset "
+                             f"{profile.data.name} has {len(self.classes)}; make the Study with Study.create, which "
+                             f"reads the count off the data")
+        self._splits: dict[str, ImageDataset] = {}
+        self._tokenizers: dict[str, VQVAE] = {}
+
+    @classmethod
+    def create(cls, profile: str = "quick", dataset: str = "fashion-mnist", resolution: int | None = None,
+               seed: int = 0, device: str | torch.device = "auto", **kwargs: Any) -> Study:
+        """The named profile (smoke | quick | full) adapted to `dataset` ("fashion-mnist" or a folder with one
+        sub-folder per class; a relative path is taken from the current directory) and `resolution`."""
+        if resolution is not None and (not isinstance(resolution, int) or resolution <= 0):
+            raise ValueError(f"resolution = {resolution!r}: must be a positive integer (pixels) or None")
+        if dataset != "fashion-mnist":
+            dataset = str(Path(dataset).expanduser().resolve())
+        probe = get_profile(profile, dataset=dataset, resolution=resolution)
+        classes = dataset_classes(probe.data)
+        prof = get_profile(profile, dataset=dataset, resolution=resolution, num_classes=len(classes))
+        return cls(prof, device, seed, classes=classes, **kwargs)
+
+    def replace(self, **profile_changes: Any) -> Study:
+        """The same study with some of the profile's fields replaced (e.g. train=..., tokenizer_train=...)."""
+        return Study(dataclasses.replace(self.profile, **profile_changes), self.device, self.seed,
+                     tokenizer_seed=self.tokenizer_seed, classifier_seed=self.classifier_seed, classes=self.classes,
+                     progress=self.progress)
+
+    # ------------------------------------------------------------------------------------------------- data
+    @property
+    def data(self):
+        return self.profile.data
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def null_class(self) -> int:
+        """The unconditional label of classifier-free guidance: always the class count."""
+        return self.num_classes
+
+    def split(self, name: str) -> ImageDataset:
+        """The "train" or "test" split, decoded once per Study."""
+        if name not in self._splits:
+            self._splits[name] = load_split(self.data, name)
+        return self._splits[name]
+
+    @functools.cached_property
+    def dataset_id(self) -> str:
+        """The dataset's content identity (`data.dataset_id`), taken once per Study."""
+        return dataset_id(self.data)
+
+    def _data_spec(self) -> dict:
+        """The data as it enters cache keys: its content identity in place of the path, plus every config field."""
+        return jsonable(dataclasses.replace(self.data, name=self.dataset_id))
+
+    # -------------------------------------------------------------------------------------------- configs
+    @property
+    def tokenizer_train_config(self) -> TokenizerTrainConfig:
+        return dataclasses.replace(self.profile.tokenizer_train, seed=self.tokenizer_seed)
+
+    @property
+    def train_config(self) -> TrainConfig:
+        return dataclasses.replace(self.profile.train, seed=self.seed)
+
+    def var_config(self, depth: int | None = None, **changes: Any) -> VARConfig:
+        """The profile's VAR at `depth` (None: the profile's), with any other field changed."""
+        return dataclasses.replace(self.profile.var, depth=depth or self.profile.var.depth, **changes)
+
+    def ar_configs(self, **changes: Any) -> tuple[TokenizerConfig, VARConfig]:
+        """The raster AR baseline: its one-scale tokenizer and its transformer (fields of the latter changed)."""
+        tok, var = ar_baseline(self.profile)
+        return tok, dataclasses.replace(var, **changes)
+
+    def tokenizer_for(self, var_cfg: VARConfig) -> TokenizerConfig:
+        """The tokenizer a transformer config reads: the multi-scale one, or for one scale the AR baseline's."""
+        return ar_baseline(self.profile)[0] if len(var_cfg.scales) == 1 else self.profile.tokenizer
+
+    def sampling_seed(self, stream: int = 0) -> int:
+        """The seed of sample stream `stream` of this study's `seed` (independent across seeds and streams)."""
+        return int(np.random.SeedSequence([self.seed, stream]).generate_state(1)[0])
+
+    # -------------------------------------------------------------------------------------------- tokenizer
+    def _tokenizer_spec(self, tok_cfg: TokenizerConfig) -> dict:
+        return {"data": self._data_spec(), "tokenizer": tok_cfg, "train": self.tokenizer_train_config}
+
+    def tokenizer_key(self, tok_cfg: TokenizerConfig | None = None) -> str:
+        return key_of("tokenizer", self._tokenizer_spec(tok_cfg or self.profile.tokenizer))
+
+    def tokenizer_record(self, tok_cfg: TokenizerConfig | None = None) -> dict:
+        """The tokenizer's artifact (state dict, training history, codebook usage), trained on first use."""
+        tok_cfg = tok_cfg or self.profile.tokenizer
+        if (tok_cfg.in_channels, tok_cfg.resolution) != (self.data.channels, self.data.resolution):
+            raise ValueError(f"the tokenizer ({tok_cfg.in_channels} channels, {tok_cfg.resolution} px) does not fit "
+                             f"the data ({self.data.channels} channels, {self.data.resolution} px)")
+        spec = self._tokenizer_spec(tok_cfg)
+        resume = TrainState("tokenizer", spec)
+
+        def build() -> dict:
+            t0 = time.perf_counter()
+            vae, history = train_tokenizer(self.split("train").images_u8, tok_cfg, self.tokenizer_train_config,
+                                           self.device, self.progress, resume=resume)
+            train_seconds = time.perf_counter() - t0
+            idx_NL = encode_images(frozen(vae), self.split("test").images_u8[:USAGE_IMAGES], self.device)
+            return {"state_dict": {k: v.cpu() for k, v in vae.state_dict().items()},
+                    "configs": jsonable(spec), "history": history.to_dict("list"),
+                    "train_seconds": train_seconds,
+                    "usage": vae.codebook_usage(idx_NL),
+                    "usage_per_scale": [vae.codebook_usage(t) for t in split_scales(idx_NL, tok_cfg.scales)]}
+
+        payload = get_or_build("tokenizer", spec, build)
+        resume.clear()
+        return payload
+
+    def tokenizer(self, tok_cfg: TokenizerConfig | None = None) -> VQVAE:
+        """The trained tokenizer, frozen (eval mode, no gradients) on the study's device."""
+        tok_cfg = tok_cfg or self.profile.tokenizer
+        key = self.tokenizer_key(tok_cfg)
+        if key not in self._tokenizers:
+            vae = VQVAE(tok_cfg)
+            vae.load_state_dict(self.tokenizer_record(tok_cfg)["state_dict"])
+            self._tokenizers[key] = frozen(vae.to(self.device))
+        return self._tokenizers[key]
+
+    def tokens(self, split: str, tok_cfg: TokenizerConfig | None = None) -> dict:
+        """The tokens of one split, encoded once by the frozen tokenizer: dict(idx=(N, L) int16/int32, labels=(N,))."""
+        tok_cfg = tok_cfg or self.profile.tokenizer
+        spec = {"tokenizer": self.tokenizer_key(tok_cfg), "data": self._data_spec(), "split": split}
+
+        def build() -> dict:
+            images = self.split(split)
+            idx_NL = encode_images(self.tokenizer(tok_cfg), images.images_u8, self.device)
+            return {"idx": idx_NL.to(token_dtype(tok_cfg.vocab_size)), "labels": images.labels.clone()}
+
+        return get_or_build("tokens", spec, build)
+
+    # ------------------------------------------------------------------------------------------ transformers
+    def _transformer_spec(self, var_cfg: VARConfig, train_cfg: TrainConfig, tok_cfg: TokenizerConfig) -> dict:
+        return {"var": var_cfg, "train": dataclasses.replace(train_cfg, compile=False), "data": self._data_spec(),
+                "tokenizer": self.tokenizer_key(tok_cfg)}
+
+    def transformer_key(self, var_cfg: VARConfig | None = None, train_cfg: TrainConfig | None = None) -> str:
+        var_cfg = var_cfg or self.var_config()
+        tok_cfg = self.tokenizer_for(var_cfg)
+        return key_of("var", self._transformer_spec(var_cfg, train_cfg or self.train_config, tok_cfg))
+
+    def transformer(self, var_cfg: VARConfig | None = None,
+                    train_cfg: TrainConfig | None = None) -> tuple[VAR | ARTransformer, pd.DataFrame]:
+        """A trained VAR (several scales) or raster AR (one scale) and its history (one row per evaluation),
+        trained on first use on the tokens of its tokenizer; an interrupted run resumes from its last evaluation."""
+        var_cfg = var_cfg or self.var_config()
+        train_cfg = train_cfg or self.train_config
+        if var_cfg.num_classes != self.num_classes:
+            raise ValueError(f"VARConfig.num_classes = {var_cfg.num_classes}, but the dataset has {self.num_classes} "
+                             f"classes; build the config with Study.var_config")
+        tok_cfg = self.tokenizer_for(var_cfg)
+        check_compatible(var_cfg, tok_cfg)
+        spec = self._transformer_spec(var_cfg, train_cfg, tok_cfg)
+        resume = TrainState("var", spec)
+
+        def build() -> dict:
+            model, history = train_model(var_cfg, train_cfg, self.tokenizer(tok_cfg), self.tokens("train", tok_cfg),
+                                         self.tokens("test", tok_cfg), self.device, self.progress, resume)
+            return {"model": model.state_dict(), "history": history.to_dict("records")}
+
+        payload = get_or_build("var", spec, build)
+        resume.clear()
+        model = build_model(var_cfg)
+        model.load_state_dict(payload["model"])
+        return model.to(self.device).eval(), pd.DataFrame(payload["history"])
+
+    # -------------------------------------------------------------------------------------------- classifier
+    def classifier(self) -> Classifier:
+        """The feature classifier behind the generation metrics, trained on the training split on first use."""
+        epochs = self.profile.classifier_epochs
+        spec = {"data": self._data_spec(), "widths": CLASSIFIER_WIDTHS, "recipe": CLASSIFIER_RECIPE,
+                "epochs": epochs, "seed": self.classifier_seed}
+        payload = get_or_build("classifier", spec, lambda: train_classifier(
+            self.split("train"), self.split("test"), epochs, self.device, self.classifier_seed))
+        return classifier_from_artifact(artifact_path("classifier", spec), payload)
+
+    # -------------------------------------------------------------------------------------------- outputs
+    def report(self, name: str, out_dir: str | Path | None = None, **params: Any) -> Report:
+        """The Report that writes a notebook's tables and figures (under results/<name>/ for the full profile,
+        results/<name>/<profile>/ for the others) with the study's parameters in its provenance."""
+        all_params = {"profile": self.profile.name, "dataset": self.data.name, "resolution": self.data.resolution,
+                      "device": str(self.device), "seed": self.seed, "tokenizer_seed": self.tokenizer_seed,
+                      "classifier_seed": self.classifier_seed, **params}
+        return Report(name, all_params, out_dir=out_dir, device=self.device, seed=self.seed,
+                      profile=self.profile.name)
