@@ -18,6 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from varlib import paper
+from varlib.claims import summary
 
 ROOT = Path(__file__).resolve().parents[1]
 BEGIN, END = "<!-- results:begin (scripts/readme_results.py) -->", "<!-- results:end -->"
@@ -254,9 +255,28 @@ def data_parallel() -> str:
             f"{gap:.4f} (final {one.test_loss_all.iloc[-1]:.4f} against {two.test_loss_all.iloc[-1]:.4f}).\n")
 
 
+NOTEBOOKS = ("01_tokenizer", "02_train_var", "03_ablation", "04_scaling", "05_zero_shot", "06_fid_is", "07_speed")
+CLAIM_COLUMNS = ["claim", "paper", "ours", "seeds", "test", "p_value", "verdict", "rule"]
+
+
+def claims() -> str:
+    """The verdicts of every notebook's claims.csv (written under varlib.claims' rules), counted first, then one
+    table per notebook; nothing while no run has written one."""
+    tables = {nb: table(nb, "claims") for nb in NOTEBOOKS if (run_dir(nb) / "claims.csv").is_file()}
+    if not tables:
+        return ""
+    every = pd.concat(tables.values())
+    parts = [f"### Claims and verdicts\n\nAll claims: {summary(every)} (rules: `varlib/claims.py`, fixed before the "
+             f"runs).\n"]
+    for nb, t in tables.items():
+        parts.append(f"`{nb}` ({source(nb)}): {summary(t)}.\n\n{md(t[CLAIM_COLUMNS])}\n")
+    return "\n".join(parts)
+
+
 def section() -> str:
-    parts = [tokenizer(), ablation(), quality(), scaling(), zero_shot(), speed(), engineering(), data_parallel()]
-    return "\n".join([BEGIN, "", *parts, END])
+    parts = [claims(), tokenizer(), ablation(), quality(), scaling(), zero_shot(), speed(), engineering(),
+             data_parallel()]
+    return "\n".join([BEGIN, "", *(p for p in parts if p), END])
 
 
 def main() -> int:

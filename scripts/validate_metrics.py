@@ -3,7 +3,8 @@
 Real and corrupted image sets are scored against a held-apart half of the test split, on the profile's feature
 classifier: a sample of real training images must score far better than blurred or noisy test images, FID must rise
 with the blur and noise strength, IS of real images must approach the class count, and varlib's FID (torch-fidelity)
-must equal an independent scipy Frechet distance on the same features.
+must equal an independent scipy Frechet distance on the same features, and FID must rise as classes are removed from
+the scored set (mode dropping).
 
     .venv/bin/python scripts/validate_metrics.py --profile quick --n 2000
 """
@@ -19,12 +20,13 @@ import torch
 
 from varlib.classifier import classifier_features
 from varlib.device import resolve_device
-from varlib.metrics import degrade, frechet_distance, generation_metrics, metric_name
+from varlib.metrics import degrade, drop_modes, frechet_distance, generation_metrics, metric_name
 from varlib.report import Report
 from varlib.study import Study
 
 ROOT = Path(__file__).resolve().parents[1]
 BLUR_SIGMAS = (0.5, 1.0, 1.5, 2.0, 3.0)
+CLASSES_REMOVED = (1, 3, 5, 7)  # mode dropping: a sample of the test split without its first k classes
 NOISE_STDS = (0.05, 0.1, 0.2, 0.4)  # in [-1, 1] units
 
 
@@ -48,12 +50,15 @@ def main() -> None:
         raise SystemExit(f"--n {args.n} is larger than half the test split ({half}); pass --n {half} or less")
     gen = torch.Generator().manual_seed(args.seed)
     reference = test.images_u8[half:]  # scored sets below never contain these images
-    test_sample = test.images_u8[:half][torch.randperm(half, generator=gen)[:args.n]]
+    pick = torch.randperm(half, generator=gen)[:args.n]
+    test_sample, test_labels = test.images_u8[:half][pick], test.labels[:half][pick]
     sets = {("train sample", "none", 0.0): train.images_u8[torch.randperm(len(train), generator=gen)[:args.n]],
             ("test sample", "none", 0.0): test_sample}
     sets |= {("test sample", "blur sigma (px)", s): degrade(test_sample, blur_sigma=s) for s in BLUR_SIGMAS}
     sets |= {("test sample", "gaussian noise std", s): degrade(test_sample, noise_std=s, seed=args.seed)
              for s in NOISE_STDS}
+    sets |= {("test sample", "classes removed", float(k)): drop_modes(test_sample, test_labels, k, args.n, args.seed)
+             for k in CLASSES_REMOVED if k < test.num_classes}
     sets[("uniform noise", "none", 0.0)] = torch.randint(0, 256, test_sample.shape, generator=gen, dtype=torch.uint8)
 
     ref_features = classifier_features(clf, reference, device).numpy()
@@ -75,6 +80,7 @@ def main() -> None:
     is_key = metric_name("IS", args.n, clf.label)
     blur = df[df.corruption == "blur sigma (px)"][fid_key].tolist()
     noise = df[df.corruption == "gaussian noise std"][fid_key].tolist()
+    dropped = [fid("test sample")] + df[df.corruption == "classes removed"][fid_key].tolist()
     is_real = float(df.loc[df.images == "test sample", is_key].iloc[0])
     checks = [
         ("classifier test accuracy", clf.test_accuracy, "recorded (full profile: >= 0.93)", True),
@@ -84,6 +90,8 @@ def main() -> None:
          "< 1", fid("test sample", "blur sigma (px)", 1.0) < fid("uniform noise")),
         ("FID monotone in blur sigma", float(blur == sorted(blur)), "1", blur == sorted(blur)),
         ("FID monotone in noise std", float(noise == sorted(noise)), "1", noise == sorted(noise)),
+        ("FID rises as classes are removed (mode dropping)", float(dropped == sorted(dropped)), "1",
+         dropped == sorted(dropped)),
         (f"IS of real test images (upper bound {test.num_classes})", is_real, f"> {0.7 * test.num_classes:g}",
          is_real > 0.7 * test.num_classes),
         ("IS of uniform noise", float(df.loc[df.images == "uniform noise", is_key].iloc[0]), "< 2",

@@ -39,11 +39,13 @@ def test_bench_train_quick(tmp_path):
 
 
 def test_bench_sampler_quick(tmp_path):
+    """The quick run asks for --mode overlap, which needs CUDA: on the CPU it says so and runs eager."""
     out = tmp_path / "bench_sampler.json"
     extra = ["--authors-dir", str(AUTHORS)] if AUTHORS.is_dir() else []
-    result = run_script("benchmarks/bench_sampler.py", "--quick", "--out", str(out), *extra)
-    assert "img/s" in result.stdout
+    result = run_script("benchmarks/bench_sampler.py", "--quick", "--mode", "overlap", "--out", str(out), *extra)
+    assert "img/s" in result.stdout and "--mode overlap needs CUDA" in result.stdout
     bench = json.loads(out.read_text())
+    assert bench["mode"] == "eager"
     rows = {row["impl"]: row for row in bench["rows"]}
     assert rows["varlib"]["seconds"] > 0 and rows["varlib"]["transformer_and_sampling_s"] > 0
     assert bench["ar_compare"]["ar_over_var_time"] > 0

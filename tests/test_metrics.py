@@ -26,12 +26,15 @@ from varlib.data import load_split, to_float
 from varlib.metrics import (
     LPIPS_BACKBONES,
     degrade,
+    drop_modes,
     export_images,
     frechet_distance,
     generation_metrics,
     load_lpips,
     lpips_distance,
+    memorisation,
     metric_name,
+    nearest_distances,
     psnr,
     rfid,
     ssim,
@@ -270,3 +273,30 @@ def test_rgb_image_folder(tmp_path):
     assert class_consistency(rgb, test.images_u8, test.labels) > 0.9
     out = generation_metrics(test.images_u8, load_split(data, "train"), rgb, fid=False)
     assert 2.0 < out[metric_name("IS", len(test), rgb.label)] <= 3.0 + 1e-6
+
+
+def test_nearest_distances_are_exact():
+    ref = torch.tensor([[0.0, 0.0], [3.0, 4.0]])
+    query = torch.tensor([[0.0, 1.0], [3.0, 4.0], [6.0, 8.0]])
+    assert nearest_distances(query, ref).tolist() == pytest.approx([1.0, 0.0, 5.0])
+
+
+def test_memorisation_flags_copies_of_training_images(clf, data):
+    train, test = load_split(data, "train"), load_split(data, "test")
+    copies = train.images_u8[:500]  # a "model" that returns training images
+    real = test.images_u8[:500]
+    copied = memorisation(copies, train.images_u8[:3000], real, clf)
+    assert copied["nn_train_distance_generated"] == pytest.approx(0.0, abs=1e-4) and copied["closer_than_test"]
+    fresh = memorisation(test.images_u8[500:1000], train.images_u8[:3000], real, clf)
+    assert 0.7 < fresh["ratio"] < 1.4 and fresh["nn_train_distance_test"] > 0  # unseen real images: about 1
+
+
+def test_dropping_modes_keeps_only_the_remaining_classes_and_raises_fid(clf, test_split, reference):
+    images, labels = test_split.images_u8[:1000], test_split.labels[:1000]
+    fewer = drop_modes(images, labels, 5, 400, seed=1)
+    assert len(fewer) == 400 and (predict(clf.model, fewer) >= 5).float().mean() > 0.8
+    assert torch.equal(fewer, drop_modes(images, labels, 5, 400, seed=1))
+    fids = [_fid(drop_modes(images, labels, k, 400), reference, clf) for k in (0, 3, 6)]
+    assert fids == sorted(fids)
+    with pytest.raises(ValueError, match="leaves no image"):
+        drop_modes(images, labels, 10, 5)

@@ -81,6 +81,32 @@ def test_zero_shot_notebook_runs_on_authors_checkpoints(tmp_path):
                         parameters={"profile": "smoke", "out_dir": str(tmp_path), "authors_dir": str(tmp_path),
                                     "authors_depth": 1, "dataset": str(tmp_path / "images"), "resolution": 32,
                                     "n_images": 2, "n_show": 2, "n_seeds": 1})
-    table = (tmp_path / "results" / "05_zero_shot" / "smoke" / "zero_shot.csv").read_text()
-    assert "authors' checkpoint" in table and "raster" not in table
-    assert len(list((tmp_path / "figures" / "05_zero_shot" / "smoke").glob("*.png"))) == 3
+    results = tmp_path / "results" / "05_zero_shot" / "smoke"
+    table = (results / "zero_shot.csv").read_text()
+    assert "authors' checkpoint), re-quantized" in table and "authors' checkpoint), authors' procedure" in table
+    assert "raster" not in table and not (results / "claims.csv").exists()  # no AR baseline, no classifier
+    figures = {p.stem for p in (tmp_path / "figures" / "05_zero_shot" / "smoke").glob("*.png")}
+    assert figures == {"in_painting", "out_painting", "class_editing", "known_region_psnr_and_fid"}
+
+
+@pytest.mark.slow
+def test_zero_shot_notebook_writes_its_claims_under_the_fixed_rules(tmp_path):
+    """05_zero_shot at smoke: every method and control in the table, and claims.csv with the rules of
+    varlib.editing for both VAR procedures (one training seed: no verdict from a t-test)."""
+    import pandas as pd
+
+    from varlib import claims, editing
+
+    nb = ROOT / "notebooks" / "05_zero_shot.ipynb"
+    pm.execute_notebook(str(nb), str(tmp_path / nb.name), cwd=str(nb.parent), kernel_name="python3",
+                        progress_bar=False, parameters={"profile": "smoke", "out_dir": str(tmp_path), "n_images": 4,
+                                                        "n_seeds": 1, "n_show": 2})
+    results = tmp_path / "results" / "05_zero_shot" / "smoke"
+    table = pd.read_csv(results / "zero_shot.csv")
+    methods = {"VAR, re-quantized", "VAR, authors' procedure", "AR, every known token", "AR, raster prefix only"}
+    assert set(table["method"]) == methods | {editing.UNEDITED}
+    assert set(table["task"]) == {task.name for task in editing.TASKS} and (table["edits"] == 4).all()
+    rows = pd.read_csv(results / "claims.csv")
+    assert len(rows) == 6 and set(rows["verdict"]) <= {claims.FEW_SEEDS, claims.NOT_REPRODUCED}
+    assert (rows["rule"] == [editing.FILL_RULE, editing.FILL_RULE, editing.CLASS_RULE] * 2).all()
+    assert (results / "class_edit_curve.csv").exists()

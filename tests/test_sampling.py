@@ -1,5 +1,5 @@
-"""Samplers: cache vs. no cache, CUDA graphs vs. compiled, guidance, top-k/top-p, seeds, decoding, zero-shot editing,
-argument checks."""
+"""Samplers: cache vs. no cache, CUDA graphs vs. compiled, the overlapped many-batch mode vs. one-batch calls,
+guidance, top-k/top-p, seeds, decoding, argument checks."""
 
 import copy
 from dataclasses import replace
@@ -8,13 +8,12 @@ import pytest
 import torch
 from helpers import randomised
 
-from varlib import editing, sampling
+from varlib import fast_sampling, sampling
 from varlib.config import SampleConfig, TokenizerConfig, VARConfig
-from varlib.editing import box_mask, edit, edit_ar, edit_many
+from varlib.data import to_uint8
 from varlib.fast_sampling import VARSampler
 from varlib.sampling import (
     batch_generator,
-    sample_ar,
     sample_many,
     sample_var,
     sample_var_reference,
@@ -96,9 +95,105 @@ def test_graphed_sampler_equals_compiled_sampler(var_pair, amp):
     assert len(sampler.graphs) == 2  # guided (2B rows) and unguided (B rows), each captured once
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU (run on the device machine)")
+@pytest.mark.parametrize("amp", [None, torch.bfloat16])
+def test_graphed_ar_sampler_equals_the_compiled_token_loop(ar_pair, amp):
+    """ARSampler replays one CUDA graph per token position of the compiled blocks: the tokens and images of the
+    plain next-token loop over the same compiled blocks, on the capturing call and on a replay with new labels."""
+    model, vae = (copy.deepcopy(m).cuda() for m in ar_pair)
+    sampler = fast_sampling.ARSampler(model, vae)
+    cuda_gen = lambda: torch.Generator(device="cuda").manual_seed(3)  # noqa: E731
+    for labels in (LABELS, LABELS.flip(0)):
+        labels = labels.cuda()
+        with torch.autocast("cuda", dtype=amp or torch.float32, enabled=amp is not None), torch.no_grad():
+            idx_a, img_a = sampler(labels, SC, cuda_gen())
+            steps = sampling.CachedSteps(model, sampling.both_branches(labels, model.num_classes, True), 1,
+                                         compile=True)
+            idx_b, f_hat = sampling.ar_loop(model.eval(), vae.eval(), labels, SC, cuda_gen(), steps=steps)
+            img_b = vae.fhat_to_img(f_hat, compile=True)
+        assert same_tokens(idx_a, idx_b)
+        torch.testing.assert_close(img_a, img_b)
+    assert len(sampler.graphs) == 1 and len(next(iter(sampler.graphs.values())).graphs) == model.L
+
+
+def test_graphed_ar_sampler_needs_a_next_token_model(var_pair):
+    with pytest.raises(ValueError, match="ARTransformer"):
+        fast_sampling.ARSampler(*var_pair)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA streams need a GPU (run on the device machine)")
+@pytest.mark.parametrize("late_decoder", [False, True])
+def test_overlapped_batches_equal_one_batch_calls(var_pair, late_decoder, monkeypatch):
+    """VARSampler.many (the decoder of batch i on its own stream while batch i+1 draws) gives the tokens and images of
+    one-batch calls under the same generators, bf16 and guided, also across a change of batch size (a new capture
+    while a decoder runs). With a decoder held back by ~30 ms of GPU spinning, the next batches allocate on the token
+    stream while it still has to read its f_hat: memory reused too early would change the images.
+
+    The one-batch calls run twice and the second pass is compared: the compiled decoder recompiles with dynamic
+    shapes at the first change of batch size, and graphs compiled before and after differ in float rounding."""
+    model, vae = (copy.deepcopy(m).cuda() for m in var_pair)
+    batches = [LABELS, LABELS.flip(0), LABELS[:4], LABELS]
+    generators = lambda: [torch.Generator(device="cuda").manual_seed(10 + i) for i in range(len(batches))]  # noqa: E731
+    one_batch = VARSampler(model, vae)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        for _ in range(2):
+            expected = [one_batch(labels, SC, g) for labels, g in zip(batches, generators(), strict=True)]
+    sampler = VARSampler(model, vae)  # captures its graphs inside `many`
+    decode = vae.fhat_to_img
+
+    def late(f_hat, compile=False):
+        torch.cuda._sleep(50_000_000)  # on the decoder's stream
+        return decode(f_hat, compile)
+
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        if late_decoder:
+            monkeypatch.setattr(vae, "fhat_to_img", late)
+        got = list(sampler.many(batches, SC, generators()))  # captures 12 rows, then 8 rows mid-stream
+    assert len(got) == len(batches)
+    for (idx_a, img_a), (idx_b, img_b) in zip(got, expected, strict=True):
+        assert same_tokens(idx_a, idx_b)
+        torch.testing.assert_close(img_a, img_b)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA streams need a GPU (run on the device machine)")
+def test_fast_sample_many_keeps_the_batches_and_streams_of_sample_many(var_pair):
+    """fast_sampling.sample_many = VARSampler per batch of batch_size, batch i with batch_generator(seed, i). (A first
+    run compiles the decoder for both batch sizes, as in the test above.)"""
+    model, vae = (copy.deepcopy(m).cuda() for m in var_pair)
+    labels = torch.tensor([3, 3, 1, 0, 2])
+    for _ in range(2):
+        tokens, images = fast_sampling.sample_many(model, vae, labels, SC, batch_size=2, seed=7)
+    sampler = VARSampler(model, vae)
+    for i, rows in enumerate(torch.arange(5).split(2)):
+        idx_Bl, images_B = sampler(labels[rows], SC, batch_generator(7, i, "cuda"))
+        assert torch.equal(tokens[rows], torch.cat(idx_Bl, dim=1).cpu())
+        assert torch.equal(images[rows], to_uint8(images_B).cpu())
+    assert tokens.device.type == images.device.type == "cpu" and images.dtype == torch.uint8
+
+
 def test_graphed_sampler_needs_a_gpu(var_pair):
     with pytest.raises(ValueError, match="CUDA graphs"):
         VARSampler(*var_pair)
+
+
+def test_fast_sample_many_checks_arguments_before_model_work(var_pair):
+    model, vae = var_pair
+    with pytest.raises(ValueError, match="batch_size"):
+        fast_sampling.sample_many(model, None, LABELS, SC, batch_size=0, seed=0)
+    with pytest.raises(ValueError, match="labels_B"):
+        fast_sampling.sample_many(model, None, torch.tensor([0, 6]), SC, batch_size=2, seed=0)
+    with pytest.raises(ValueError, match="CUDA graphs"):  # valid arguments, a CPU model
+        fast_sampling.sample_many(model, vae, LABELS, SC, batch_size=2, seed=0)
+
+
+def test_many_wants_one_generator_per_batch():
+    """The pairs of VARSampler.many are read lazily; a short iterable on either side is an error, not a silent stop."""
+    assert list(fast_sampling.one_each(iter("ab"), iter("xy"))) == [("a", "x"), ("b", "y")]
+    for labels, generators in [("abc", "xy"), ("ab", "xyz")]:
+        pairs = fast_sampling.one_each(iter(labels), iter(generators))
+        assert next(pairs) == ("a", "x") and next(pairs) == ("b", "y")
+        with pytest.raises(ValueError, match="one generator per batch"):
+            next(pairs)
 
 
 def test_cfg_zero_is_unguided_and_cfg_uses_the_null_class(var_pair):
@@ -176,53 +271,6 @@ def test_decoder_in_chunks_gives_the_images_of_one_call(var_pair):
     torch.testing.assert_close(images, whole, rtol=1e-5, atol=1e-6)
 
 
-def test_zero_shot_edit_never_changes_known_tokens(var_pair):
-    model, vae = var_pair
-    images = torch.rand(4, 1, 8, 8, generator=gen()) * 2 - 1
-    for mode in ("inpaint", "outpaint"):
-        mask = box_mask(8, 8, (2, 2, 6, 6), mode, batch_size=4)
-        idx_Bl, out = edit(model, vae, images, mask, None, SC, gen())
-        known_Bl = vae.img_to_idxBl(images)
-        changed = False
-        for pn, ours, known in zip(SCALES, idx_Bl, known_Bl, strict=True):
-            keep = editing._known_at(mask, pn) | (pn * pn <= 3)
-            assert torch.equal(ours[keep], known[keep]), f"{mode}: a known token changed at scale {pn}"
-            changed |= bool((ours[~keep] != known[~keep]).any())
-        assert changed and out.shape == images.shape
-    full, _ = edit(model, vae, images, torch.ones(4, 8, 8), torch.tensor([0, 1, 2, 3]), SC, gen())
-    assert same_tokens(full, vae.img_to_idxBl(images))
-
-
-def test_ar_sampling_and_prefix_only_editing(ar_pair):
-    model, vae = ar_pair
-    (idx_BL,), images = sample_ar(model, vae, LABELS, SC, gen())
-    assert idx_BL.shape == (6, 16) and images.shape == (6, 1, 8, 8)
-    (again,), _ = sample_ar(model, vae, LABELS, SC, gen())
-    assert torch.equal(idx_BL, again)
-    pictures = torch.rand(2, 1, 8, 8, generator=gen()) * 2 - 1
-    mask = box_mask(8, 8, (4, 4, 8, 8), "inpaint", batch_size=2)  # unknown bottom-right quarter: first at token 10
-    (edited,), _ = edit_ar(model, vae, pictures, mask, None, SC, gen())
-    (known,) = vae.img_to_idxBl(pictures)
-    assert torch.equal(edited[:, :10], known[:, :10])
-    assert not torch.equal(edited[:, 10:], known[:, 10:])
-
-
-def test_edit_many_equals_edit_batch_by_batch(var_pair, ar_pair):
-    """edit_many = edit (or edit_ar) per batch of batch_size, batch i with batch_generator(seed + stream, i)."""
-    images = torch.rand(5, 1, 8, 8, generator=gen()) * 2 - 1
-    keep = box_mask(8, 8, (2, 2, 6, 6), "inpaint", batch_size=5)
-    for edit_fn, (model, vae), labels in [(edit, var_pair, None), (edit, var_pair, torch.tensor([0, 1, 2, 3, 4])),
-                                          (edit_ar, ar_pair, None)]:
-        out = edit_many(edit_fn, model, vae, images, keep, labels, SC, seed=3, stream=100, batch_size=2)
-        expected = torch.cat([edit_fn(model, vae, images[rows], keep[rows], None if labels is None else labels[rows],
-                                      SC, batch_generator(103, i, "cpu"))[1]
-                              for i, rows in enumerate(torch.arange(5).split(2))])
-        assert out.device.type == "cpu" and out.dtype == torch.float32
-        assert torch.equal(out, expected)
-    with pytest.raises(ValueError, match="batch_size"):
-        edit_many(edit, *var_pair, images, keep, None, SC, seed=3, stream=0, batch_size=0)
-
-
 @pytest.mark.parametrize("bad, match", [
     (dict(labels=torch.tensor([0, 6])), "labels_B"),
     (dict(labels=torch.tensor([], dtype=torch.long)), "labels_B"),
@@ -236,18 +284,3 @@ def test_bad_arguments_raise_before_model_work(var_pair, bad, match):
         sample_var(model, None, labels, sc, gen())
     with pytest.raises(ValueError, match=match):
         sample_var_reference(model, None, labels, sc, gen())
-
-
-def test_bad_edit_arguments_raise(var_pair):
-    model, _ = var_pair
-    images = torch.zeros(2, 1, 8, 8)
-    with pytest.raises(ValueError, match="keep_mask_BHW"):
-        edit(model, None, images, torch.ones(2, 4, 4), None, SC, gen())
-    with pytest.raises(ValueError, match="labels"):
-        edit(model, None, images, torch.ones(2, 8, 8), torch.tensor([0, 9]), SC, gen())
-    with pytest.raises(ValueError, match="images"):
-        edit(model, None, torch.zeros(0, 1, 8, 8), torch.ones(0, 8, 8), None, SC, gen())
-    with pytest.raises(ValueError, match="batch_size"):
-        sample_many(model, None, LABELS, SC, batch_size=0, seed=0)
-    with pytest.raises(ValueError, match="box"):
-        box_mask(8, 8, (2, 2, 9, 6), "inpaint")

@@ -132,3 +132,13 @@ def test_a_complete_read_only_cache_is_used_and_an_incomplete_one_refused_before
     with pytest.raises(ArtifactError, match=f"{os.sep}var{os.sep}.*read-only"):
         again.transformer(deeper)
     assert {p: p.stat().st_mtime_ns for p in fresh_cache.rglob("*") if p.is_file()} == files
+
+
+def test_the_claims_seeds_share_the_tokenizer_and_the_splits():
+    study = Study.create("smoke", device="cpu")
+    seeds = study.seeds()
+    assert [s.seed for s in seeds] == list(study.profile.claim_seeds) == [0]
+    other = study.for_seed(2)
+    assert other.seed == 2 and other.tokenizer_key() == study.tokenizer_key()
+    assert other.transformer_key() != study.transformer_key() and other.split("test") is study.split("test")
+    assert get_profile("full").claim_seeds == (0, 1, 2)

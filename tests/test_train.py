@@ -259,3 +259,124 @@ def test_a_transformer_and_a_tokenizer_that_disagree_are_refused(tokens):
     few_classes = dataclasses.replace(VAR_CFG, num_classes=3)
     with pytest.raises(ValueError, match="class ids in"):
         train.train_model(few_classes, TRAIN, vae, tokens_train, tokens_test, "cpu")
+
+
+# ----------------------------------------------------------------------------------------------- token sets
+
+def test_augmented_token_sets_shift_the_images_and_are_reproducible(tokens):
+    vae, tokens_train, _ = tokens
+    study = tiny_study()
+    images, moved = study.split("train").images_u8, study.augmented_images(1)
+    assert moved.shape == images.shape and moved.dtype == torch.uint8 and not torch.equal(moved, images)
+    # 28 px garments padded to 32 px: a shift of up to 2 px moves every pixel and loses none
+    assert torch.equal(moved.sum((1, 2, 3), dtype=torch.int64), images.sum((1, 2, 3), dtype=torch.int64))
+    s = study.augmentation_spec()["max_shift"]
+    assert s == 2
+    for i in range(8):  # each image is its original moved by one offset within +-2 px, unflipped (Fashion-MNIST)
+        padded = F.pad(images[i], (s, s, s, s))
+        assert any(torch.equal(moved[i], padded[:, s - dy:s - dy + 32, s - dx:s - dx + 32])
+                   for dy in range(-s, s + 1) for dx in range(-s, s + 1))
+    assert torch.equal(study.augmented_images(1), moved) and not torch.equal(study.augmented_images(2), moved)
+
+    first = study.tokens("train", augmentation=1)
+    assert torch.equal(first["labels"], tokens_train["labels"]) and first["idx"].shape == tokens_train["idx"].shape
+    assert (first["idx"] != tokens_train["idx"]).any(1).float().mean() > 0.5
+    from varlib.tokenizer_train import encode_images
+    assert torch.equal(first["idx"].long(), encode_images(vae, moved, "cpu"))  # the cache holds what it says
+    assert torch.equal(tiny_study().tokens("train", augmentation=1)["idx"], first["idx"])
+    sets = study.training_tokens(dataclasses.replace(TRAIN, token_sets=3))
+    assert len(sets) == 3 and torch.equal(sets[0]["idx"], tokens_train["idx"]) and torch.equal(sets[1]["idx"],
+                                                                                                first["idx"])
+    with pytest.raises(ValueError, match="only the training split"):
+        study.tokens("test", augmentation=1)
+
+
+def test_flips_only_where_the_profile_allows_and_the_recipe_keys_the_artifacts():
+    study, flipping = tiny_study(), tiny_study().replace(hflip=True)
+    plain, flipped = study.augmented_images(1), flipping.augmented_images(1)
+    differs = (plain != flipped).flatten(1).any(1)
+    assert 0.3 < differs.float().mean() < 0.7  # about half the images flipped, the same shifts
+    assert torch.equal(flipped[differs].flip(-1), plain[differs]) and torch.equal(flipped[~differs], plain[~differs])
+    two = dataclasses.replace(TRAIN, token_sets=2)
+    # one set: the key a transformer had before there were token sets; several: they and their recipe count
+    assert study.transformer_key(VAR_CFG, TRAIN) == flipping.transformer_key(VAR_CFG, TRAIN)
+    assert len({study.transformer_key(VAR_CFG, TRAIN), study.transformer_key(VAR_CFG, two),
+                flipping.transformer_key(VAR_CFG, two)}) == 3
+    spec = study._transformer_spec(VAR_CFG, TRAIN, TOK)
+    assert "token_sets" not in spec["train"] and "augmentation" not in spec
+
+
+def test_each_image_visits_each_of_its_token_sets_once_every_few_epochs():
+    n, sets, batch = 40, 3, 8  # 5 steps an epoch
+    seen = torch.zeros(n, sets, dtype=torch.long)
+    for step in range(3 * 5):  # epochs 0-2: one block of `sets` epochs
+        image_B = train.batch_indices(step, batch, n, seed=0)
+        set_B = train.token_set_indices(step, image_B, n, sets, seed=0)
+        seen.index_put_((image_B, set_B), torch.ones(batch, dtype=torch.long), accumulate=True)
+    assert (seen == 1).all()
+    image_B = train.batch_indices(2, batch, n, 0)
+    assert torch.equal(train.token_set_indices(2, image_B, n, sets, 0), train.token_set_indices(2, image_B, n, sets, 0))
+    orders = [torch.stack([train.token_set_indices(s, train.batch_indices(s, batch, n, seed), n, sets, seed)
+                           for s in range(5)]) for seed in (0, 1)]
+    assert not torch.equal(*orders)
+    assert not train.token_set_indices(7, image_B, n, 1, 0).any()
+    # a batch across an epoch boundary: 7 images of epoch 0, 1 of epoch 1 (n = 39)
+    image_B = train.batch_indices(4, batch, 39, 0)
+    epoch_B = torch.tensor([0] * 7 + [1])
+    order = train._set_order(39, sets, 0, 0)
+    assert torch.equal(train.token_set_indices(4, image_B, 39, sets, 0), order[image_B, epoch_B])
+
+
+def test_training_on_several_token_sets_reads_each_and_resumes_exactly(tokens, monkeypatch):
+    vae, tokens_train, tokens_test = tokens
+    cfg = dataclasses.replace(TRAIN, steps=10, batch_size=64, eval_every=4, token_sets=2)  # 2.5 epochs of 256
+    sets = tiny_study().training_tokens(cfg)
+    read, real_call = [], train.TrainStep.__call__
+
+    def recording(self, label_B, idx_BL, lr):
+        read.append(idx_BL.clone())
+        return real_call(self, label_B, idx_BL, lr)
+
+    monkeypatch.setattr(train.TrainStep, "__call__", recording)
+    reference, ref_history = train.train_model(VAR_CFG, cfg, vae, sets, tokens_test, "cpu", progress=False)
+    monkeypatch.setattr(train.TrainStep, "__call__", real_call)
+    idx_KNL, from_set = torch.stack([s["idx"] for s in sets]), []
+    for step, idx_BL in enumerate(read):
+        image_B = train.batch_indices(step, cfg.batch_size, len(tokens_train["labels"]), cfg.seed)
+        set_B = train.token_set_indices(step, image_B, len(tokens_train["labels"]), 2, cfg.seed)
+        assert torch.equal(idx_BL, idx_KNL[set_B, image_B])
+        from_set.append(set_B[(idx_KNL[0, image_B] != idx_KNL[1, image_B]).any(1)])
+    counts = torch.cat(from_set).bincount(minlength=2)
+    assert counts.min() > 0.4 * counts.sum()  # both sets, about evenly
+
+    state = TrainState("var", {"test": "resume with token sets"})
+    real_evaluate, calls = train.evaluate, []
+
+    def evaluate_then_crash(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise Interrupted
+        return real_evaluate(*args, **kwargs)
+
+    monkeypatch.setattr(train, "evaluate", evaluate_then_crash)
+    with pytest.raises(Interrupted):
+        train.train_model(VAR_CFG, cfg, vae, sets, tokens_test, "cpu", progress=False, resume=state)
+    monkeypatch.setattr(train, "evaluate", real_evaluate)
+    assert state.load()["step"] == 4
+    resumed, history = train.train_model(VAR_CFG, cfg, vae, sets, tokens_test, "cpu", progress=False, resume=state)
+    for (name, p_ref), p in zip(reference.state_dict().items(), resumed.state_dict().values(), strict=True):
+        assert torch.equal(p_ref, p), name
+    assert history[["step", "train_loss", "test_loss_all"]].equals(ref_history[["step", "train_loss", "test_loss_all"]])
+    one_set, _ = train.train_model(VAR_CFG, dataclasses.replace(cfg, token_sets=1), vae, sets[0], tokens_test, "cpu",
+                                   progress=False)
+    assert any(not torch.equal(p, q) for p, q in zip(one_set.parameters(), reference.parameters(), strict=True))
+
+
+def test_token_sets_that_do_not_match_are_refused(tokens):
+    vae, tokens_train, tokens_test = tokens
+    two = dataclasses.replace(TRAIN, token_sets=2)
+    with pytest.raises(ValueError, match="1 training token sets given, but TrainConfig.token_sets = 2"):
+        train.train_model(VAR_CFG, two, vae, tokens_train, tokens_test, "cpu", progress=False)
+    other = {"idx": tokens_train["idx"], "labels": tokens_train["labels"].roll(1)}
+    with pytest.raises(ValueError, match="training token set 1 .* does not hold the images of set 0"):
+        train.train_model(VAR_CFG, two, vae, [tokens_train, other], tokens_test, "cpu", progress=False)

@@ -153,6 +153,18 @@ class VARConfig:
                  "must be one or more token-map sides >= 1")
 
 
+@dataclass(frozen=True)
+class MultiScaleARConfig(VARConfig):
+    """Next-token prediction over VAR's own multi-scale tokens (the claims protocol's control: the tokenizer held
+    fixed, next-scale against next-token). The same fields as VARConfig; its type name enters the cache key
+    (`artifacts.jsonable` tags dataclasses), so VAR's and the raster AR's keys stay as they were."""
+
+    def __post_init__(self):
+        super().__post_init__()
+        _require(self, len(self.scales) >= 2, "scales", "must hold two or more scales (one token map is the raster "
+                 "AR baseline: a plain VARConfig)")
+
+
 def check_compatible(var_cfg: VARConfig, tok_cfg: TokenizerConfig) -> None:
     """A transformer reads and writes its tokenizer's tokens: the vocabulary, the latent channels and the scale
     schedule must agree (ValueError naming both values otherwise)."""
@@ -179,12 +191,15 @@ class TrainConfig:
     grad_clip: float = 2.0
     label_smoothing: float = 0.0
     scale_weighting: str = "uniform"  # "uniform" (mean over all L tokens, as the authors) or "per_scale"
+    # how many token sets training draws among (`Study.training_tokens`): 1 = the images as they are; more add
+    # copies shifted by a few pixels (and flipped where the data allows), as the authors' random crops vary them
+    token_sets: int = 1
     eval_every: int = 500
     seed: int = 0
     compile: bool = False  # torch.compile the training step (GPU)
 
     def __post_init__(self):
-        _positive_int(self, "steps", "batch_size", "eval_every")
+        _positive_int(self, "steps", "batch_size", "eval_every", "token_sets")
         _seed(self)
         _require(self, self.base_lr * self.lr_scale > 0, "lr_scale", "base_lr * lr_scale must be > 0")
 
@@ -227,9 +242,14 @@ class Profile:
     train: TrainConfig
     sample: SampleConfig
     scaling_depths: tuple[int, ...]
+    scaling_token_sets: int  # TrainConfig.token_sets of the scaling study's runs
+    # may augmented token sets flip images left-right? The authors' default is no (`hflip=False`); Fashion-MNIST's
+    # footwear all faces left (the mean sandal, sneaker and ankle boot are far from mirror-symmetric), so no here
+    hflip: bool
     scale_up_depth: int  # the ablation's last row ("+scale up"): a deeper VAR than `var.depth`
     n_eval: int  # generated images per FID estimate
     classifier_epochs: int
+    claim_seeds: tuple[int, ...]  # the training seeds of every compared model (claims protocol: 3 at full)
 
 
 def _smoke() -> Profile:
@@ -244,9 +264,12 @@ def _smoke() -> Profile:
         train=TrainConfig(steps=30, batch_size=32, lr_scale=20.0, eval_every=15),
         sample=SampleConfig(cfg=1.5, top_k=0, top_p=1.0),
         scaling_depths=(1, 2, 3),
+        scaling_token_sets=2,
+        hflip=False,
         scale_up_depth=2,
         n_eval=200,  # FID needs more samples than the classifier's 128 feature dimensions
         classifier_epochs=1,
+        claim_seeds=(0,),
     )
 
 
@@ -262,9 +285,12 @@ def _quick() -> Profile:
         train=TrainConfig(steps=200, batch_size=48, lr_scale=30.0, eval_every=50),
         sample=SampleConfig(cfg=1.5, top_k=0, top_p=1.0),
         scaling_depths=(1, 2, 3, 4),
+        scaling_token_sets=1,  # 200 steps of 48 see a sixth of the images: nothing to vary between epochs
+        hflip=False,
         scale_up_depth=6,
         n_eval=1000,
         classifier_epochs=2,
+        claim_seeds=(0,),
     )
 
 
@@ -283,10 +309,13 @@ def _full() -> Profile:
         var=VARConfig(depth=6, vocab_size=tok.vocab_size, scales=tok.scales),
         train=TrainConfig(steps=2000, batch_size=512, lr_scale=4.0, eval_every=250, compile=True),
         sample=SampleConfig(cfg=1.5, top_k=0, top_p=1.0),
-        scaling_depths=(2, 3, 4, 5, 6, 8),
+        scaling_depths=(2, 3, 4, 5, 6, 8),  # 0.79M to 39M parameters: 1.7 decades of N
+        scaling_token_sets=4,  # about 17 epochs of the training images: each version seen about 4 times
+        hflip=False,
         scale_up_depth=10,
         n_eval=10000,
         classifier_epochs=15,
+        claim_seeds=(0, 1, 2),
     )
 
 

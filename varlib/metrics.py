@@ -39,7 +39,7 @@ from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 from tqdm.auto import tqdm
 
 from .artifacts import cache_dir, read_artifact
-from .classifier import Classifier, MetricInputError, model_from_payload, require_classifier_file
+from .classifier import Classifier, MetricInputError, classifier_features, model_from_payload, require_classifier_file
 from .data import ImageDataset, to_float, to_uint8
 
 log = logging.getLogger(__name__)
@@ -302,6 +302,28 @@ def frechet_distance(feats1: np.ndarray, feats2: np.ndarray) -> float:
     return float(((f1.mean(0) - f2.mean(0)) ** 2).sum() + np.trace(s1 + s2 - 2 * covmean))
 
 
+@torch.no_grad()
+def nearest_distances(query_ND: torch.Tensor, reference_MD: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
+    """Euclidean distance from every query feature vector to its nearest reference vector, (N,)."""
+    return torch.cat([torch.cdist(q.double(), reference_MD.double()).min(dim=1).values.float()
+                      for q in query_ND.split(chunk)])
+
+
+def memorisation(generated_u8: torch.Tensor, train_u8: torch.Tensor, test_u8: torch.Tensor, classifier: Classifier,
+                 device: torch.device | str = "cpu") -> dict[str, float]:
+    """How close generated images sit to the training set, against real held-out images (the claims protocol's
+    memorisation check): in the classifier's feature space, the median distance of each generated image to its nearest
+    training image, and the same for test images. `ratio` = generated / test; below 1 the samples sit closer to the
+    training set than real unseen images do (`closer_than_test`), which a model that copies its training images
+    shows and FID rewards."""
+    feats = {name: classifier_features(classifier, x, device).to(device) for name, x in
+             (("generated", generated_u8), ("train", train_u8), ("test", test_u8))}
+    gen = nearest_distances(feats["generated"], feats["train"]).median().item()
+    test = nearest_distances(feats["test"], feats["train"]).median().item()
+    return {"nn_train_distance_generated": gen, "nn_train_distance_test": test, "ratio": gen / test,
+            "closer_than_test": gen < test}
+
+
 def degrade(images_u8: torch.Tensor, blur_sigma: float = 0.0, noise_std: float = 0.0, seed: int = 0) -> torch.Tensor:
     """Controlled corruptions for checking that a metric tracks image quality: a Gaussian blur of `blur_sigma`
     pixels, then Gaussian noise of `noise_std` in [-1, 1] units (seeded)."""
@@ -311,6 +333,18 @@ def degrade(images_u8: torch.Tensor, blur_sigma: float = 0.0, noise_std: float =
     if noise_std > 0:
         x = x + noise_std * torch.randn(x.shape, generator=torch.Generator().manual_seed(seed))
     return to_uint8(x)
+
+
+def drop_modes(images_u8: torch.Tensor, labels: torch.Tensor, removed: int, n: int, seed: int = 0) -> torch.Tensor:
+    """A set of `n` images drawn (seeded, with replacement) only from the classes left after removing the first
+    `removed` class ids: a generator that has dropped modes. FID must rise with `removed` (the claims protocol's
+    mode-dropping check of the metric)."""
+    keep_N = labels >= removed
+    if not keep_N.any():
+        raise ValueError(f"drop_modes: removing {removed} classes leaves no image (labels {labels.unique().tolist()})")
+    pool = keep_N.nonzero().flatten()
+    pick = torch.randint(len(pool), (n,), generator=torch.Generator().manual_seed(seed))
+    return images_u8[pool[pick]]
 
 
 def export_images(images_u8: torch.Tensor, path: str | Path) -> Path:

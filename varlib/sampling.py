@@ -1,10 +1,12 @@
-"""Sampling from VAR and from the raster AR baseline: token choice, the step engines and the plain loops.
+"""Sampling from VAR and from the next-token ARs: token choice, the step engines, the plain loops, the sampling grid.
 
 `sample_var` is paper Sec. 3.2 at inference: one transformer pass per scale, every token of the scale drawn in
 parallel, earlier scales read from a preallocated KV cache. `sample_var_reference` computes the same logits with a
-full block-causal forward over the growing prefix (no cache); the tests hold the two to identical tokens. The CUDA-graph
-engine (`VARSampler`) is next door in `varlib.fast_sampling`, zero-shot editing in `varlib.editing`, timing in
-`varlib.timing`.
+full block-causal forward over the growing prefix (no cache); the tests hold the two to identical tokens. `sample_ar`
+and `sample_ar_reference` are the same pair for the next-token ARs (the raster baseline and the AR over VAR's
+tokens), one token per step. `best_setting` picks a model's sampling setting from the claims protocol's grid on one
+sample set and reports it on another. The CUDA-graph engine (`VARSampler`) is next door in `varlib.fast_sampling`,
+zero-shot editing in `varlib.editing`, timing in `varlib.timing`.
 
 Token choice per step: classifier-free guidance on logits, l = (1 + t) l_cond - t l_null, with t ramped linearly
 over the scales, t = cfg * k / (K - 1), as the authors (after MUSE; issues #14, #76), or constant; then temperature,
@@ -18,7 +20,10 @@ Images come back in [-1, 1] (varlib's convention; the authors' sampler returns [
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -27,6 +32,7 @@ from tqdm.auto import tqdm
 
 from .config import SampleConfig
 from .data import to_uint8
+from .tokenizer import split_scales
 from .transformer import VAR, ARTransformer, KVCache, cached_block
 
 log = logging.getLogger(__name__)
@@ -244,20 +250,33 @@ def sample_var_reference(model: VAR, vae, labels_B, sample_cfg: SampleConfig,
         return idx_Bl, vae.fhat_to_img(f_hat)
 
 
-# ----------------------------------------------------------------------------------------------- raster AR
+# ----------------------------------------------------------------------------------------------- next-token AR
+
+def guidance_ramp(scales: tuple[int, ...]) -> tuple[list[int], int]:
+    """(ramp step of every token, number of ramp steps) of next-token sampling: the token index over one raster
+    map; the scale index over VAR's tokens, so that every token gets the guidance VAR's sampler gives it."""
+    if len(scales) == 1:
+        return list(range(scales[0] ** 2)), scales[0] ** 2
+    return [si for si, pn in enumerate(scales) for _ in range(pn * pn)], len(scales)
+
 
 def ar_loop(model: ARTransformer, vae, labels_B: torch.Tensor, sample_cfg: SampleConfig,
-            generator: torch.Generator, forced: tuple[torch.Tensor, torch.Tensor] | None = None):
-    """Next-token sampling in raster order with a KV cache; `forced` = (tokens (B, L), prefix_B): token t of row b
-    is the given one when t < prefix_B[b]."""
+            generator: torch.Generator, forced: tuple[torch.Tensor, torch.Tensor] | None = None, steps=None):
+    """Next-token sampling, one token per step over all L tokens (`steps`: a KV-cached `CachedSteps` unless given,
+    e.g. `FullForwardSteps`), then Alg. 2's f_hat = sum_k phi_k(up(Z(r_k))) of the token maps (one map for the
+    raster AR); returns (idx_Bl, f_hat). `forced` = (tokens (B, L), prefix_B): token t of row b is the given one
+    when t < prefix_B[b]."""
     B, L = labels_B.shape[0], model.L
     guided = sample_cfg.cfg > 0
     codebook_VC = vae.quantize.embedding.weight
-    steps = CachedSteps(model, both_branches(labels_B, model.num_classes, guided), 1)
-    idx_B1, tokens, x_R1Cv = None, [], None
+    if steps is None:
+        steps = CachedSteps(model, both_branches(labels_B, model.num_classes, guided), 1)
+    ramp_L, ramp_steps = guidance_ramp(model.scales)
+    tokens, x_R1Cv = [], None
     for t in range(L):
-        logits_B1V = guide(steps(t, x_R1Cv), B, guidance_scale(sample_cfg, t, L))
-        idx_B1, h_B1C = choose_tokens(logits_B1V, sample_cfg, generator, codebook_VC, t / max(L - 1, 1))
+        logits_B1V = guide(steps(t, x_R1Cv), B, guidance_scale(sample_cfg, ramp_L[t], ramp_steps))
+        idx_B1, h_B1C = choose_tokens(logits_B1V, sample_cfg, generator, codebook_VC,
+                                      ramp_L[t] / max(ramp_steps - 1, 1))
         if forced is not None:
             known_BL, prefix_B = forced
             keep_B1 = (t < prefix_B).unsqueeze(1)
@@ -265,23 +284,33 @@ def ar_loop(model: ARTransformer, vae, labels_B: torch.Tensor, sample_cfg: Sampl
             h_B1C = torch.where(keep_B1.unsqueeze(-1), F.embedding(known_BL[:, t:t + 1], codebook_VC), h_B1C)
         tokens.append(idx_B1)
         x_R1Cv = torch.cat((h_B1C, h_B1C)) if guided else h_B1C
-    idx_BL = torch.cat(tokens, dim=1)
-    pn = model.scales[0]
-    h_BChw = F.embedding(idx_BL, codebook_VC).transpose(1, 2).reshape(B, vae.Cvae, pn, pn)
-    f_hat, _ = vae.quantize.get_next_autoregressive_input(0, 1, torch.zeros_like(h_BChw), h_BChw)
-    return [idx_BL], f_hat
+    idx_Bl = split_scales(torch.cat(tokens, dim=1), model.scales)
+    return idx_Bl, vae.quantize.idxBl_to_fhat(idx_Bl)
 
 
 @torch.no_grad()
 def sample_ar(model: ARTransformer, vae, labels_B, sample_cfg: SampleConfig, generator: torch.Generator,
               decode: bool = True) -> tuple[list[torch.Tensor], torch.Tensor | None]:
-    """Raster-order samples from the AR baseline (one token per cached step); the linear guidance ramp runs over
-    the token index. Returns ([idx_BL], images in [-1, 1] or None). `vae` must be a single-scale tokenizer."""
+    """Samples from a next-token ARTransformer, one token per cached step (L steps): the raster AR on its
+    one-scale tokenizer, or the AR over VAR's tokens on VAR's tokenizer (see `guidance_ramp` for the guidance
+    schedule). Returns (idx_Bl, one (B, h_k * w_k) map per scale; images in [-1, 1] or None with decode=False)."""
     labels_B = labels_on(model, labels_B)
     check_sampling_args(model, labels_B, sample_cfg)
     with eval_mode(model, vae):
         idx_Bl, f_hat = ar_loop(model, vae, labels_B, sample_cfg, generator)
         return idx_Bl, vae.fhat_to_img(f_hat) if decode else None
+
+
+@torch.no_grad()
+def sample_ar_reference(model: ARTransformer, vae, labels_B, sample_cfg: SampleConfig,
+                        generator: torch.Generator) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """`sample_ar` without the KV cache: a full causal forward over the prefix at every token (slow, plain)."""
+    labels_B = labels_on(model, labels_B)
+    check_sampling_args(model, labels_B, sample_cfg)
+    with eval_mode(model, vae):
+        steps = FullForwardSteps(model, both_branches(labels_B, model.num_classes, sample_cfg.cfg > 0))
+        idx_Bl, f_hat = ar_loop(model, vae, labels_B, sample_cfg, generator, steps=steps)
+        return idx_Bl, vae.fhat_to_img(f_hat)
 
 
 # ----------------------------------------------------------------------------------------------- many batches
@@ -316,3 +345,42 @@ def sample_many(model: VAR | ARTransformer, vae, labels, sample_cfg: SampleConfi
     log.info("sampled %d images in %d batches (seed %d)", len(labels_N), len(tokens), seed)
     return torch.cat(tokens), torch.cat(images)
 
+
+# ----------------------------------------------------------------------------------------------- the sampling grid
+
+GRID_CFG = (1.0, 1.5, 2.0, 3.0)  # the claims protocol: cfg in {1, 1.5, 2, 3} x top-k in {off, ~15% of V}
+GRID_TOP_K_FRACTION = 0.15
+
+
+def sampling_grid(base: SampleConfig, vocab_size: int) -> list[SampleConfig]:
+    """The claims protocol's grid of settings, every other field from `base`: cfg in GRID_CFG x top-k in {off,
+    round(GRID_TOP_K_FRACTION x vocab_size)}."""
+    top_ks = (0, max(1, round(GRID_TOP_K_FRACTION * vocab_size)))
+    return [dataclasses.replace(base, cfg=c, top_k=k) for c in GRID_CFG for k in top_ks]
+
+
+class GridChoice(NamedTuple):
+    """The setting chosen on the selection set, its scores on the report set, and every setting's selection
+    score (grid order)."""
+
+    setting: SampleConfig
+    report: dict[str, float]
+    selection: list[tuple[SampleConfig, float]]
+
+
+def best_setting(score_fn: Callable[[SampleConfig, int, int], dict[str, float]], grid: Sequence[SampleConfig],
+                 select: tuple[int, int], report: tuple[int, int], metric: str = "FID") -> GridChoice:
+    """The setting of `grid` with the lowest `metric` on the selection set, scored again on the report set, so the
+    reported number is not the minimum of noisy estimates (the claims protocol: choose on 5k, report on 10k).
+
+    `score_fn(setting, stream, n)` samples n images from sample stream `stream` (e.g. `Study.sampling_seed(stream)`)
+    and returns their metrics; `select` and `report` are (stream, n), and the two streams must differ."""
+    (select_stream, select_n), (report_stream, report_n) = select, report
+    if select_stream == report_stream:
+        raise ValueError(f"best_setting: the selection and report sets share sample stream {select_stream}; the "
+                         f"setting must be chosen on one sample set and reported on another")
+    if not grid:
+        raise ValueError("best_setting: the grid of settings is empty")
+    selection = [(setting, float(score_fn(setting, select_stream, select_n)[metric])) for setting in grid]
+    best = min(selection, key=lambda pair: pair[1])[0]
+    return GridChoice(best, score_fn(best, report_stream, report_n), selection)

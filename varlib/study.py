@@ -9,9 +9,9 @@ classifier, caches each under a key it alone composes, and threads the seeds.
 What determines an artifact, and so its key:
   tokenizer    the dataset's identity (its content, `data.dataset_id`), the data config, the tokenizer config, its
                training config with `tokenizer_seed`
-  tokens       the tokenizer's key, the data, the split
+  tokens       the tokenizer's key, the data, the split; for an augmented training set also its index and recipe
   transformer  its config, its training config with `seed` (compile left out: it changes how, not what), the data,
-               the tokenizer's key
+               the tokenizer's key; with several token sets, their augmentation recipe
   classifier   the data, the architecture and recipe, its epochs and `classifier_seed`
 
 `seed` selects the transformers' training seed and the sampling streams (`sampling_seed`); the tokenizer and the
@@ -31,10 +31,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+import torch.nn.functional as F
 
 from .artifacts import TrainState, artifact_path, get_or_build, jsonable, key_of
 from .classifier import CLASSIFIER_RECIPE, CLASSIFIER_WIDTHS, Classifier, classifier_from_artifact, train_classifier
 from .config import (
+    MultiScaleARConfig,
     Profile,
     TokenizerConfig,
     TokenizerTrainConfig,
@@ -48,11 +50,13 @@ from .data import ImageDataset, dataset_classes, dataset_id, load_split
 from .device import resolve_device
 from .report import Report
 from .tokenizer import VQVAE, frozen, split_scales
-from .tokenizer_train import USAGE_IMAGES, encode_images, train_tokenizer
+from .tokenizer_train import USAGE_IMAGES, encode_images, seeded_generator, train_tokenizer
 from .train import token_dtype, train_model
 from .transformer import VAR, ARTransformer, build_model
 
 log = logging.getLogger(__name__)
+
+PARAM_MATCH = 0.02  # the claims protocol: the controlled AR/VAR comparison holds parameter counts within 2%
 
 
 class Study:
@@ -93,6 +97,18 @@ class Study:
         return Study(dataclasses.replace(self.profile, **profile_changes), self.device, self.seed,
                      tokenizer_seed=self.tokenizer_seed, classifier_seed=self.classifier_seed, classes=self.classes,
                      progress=self.progress)
+
+    def for_seed(self, seed: int) -> Study:
+        """The same study with another training/sampling seed: it shares the tokenizer, the classifier and the
+        decoded splits (neither depends on the seed)."""
+        other = Study(self.profile, self.device, seed, tokenizer_seed=self.tokenizer_seed,
+                      classifier_seed=self.classifier_seed, classes=self.classes, progress=self.progress)
+        other._splits, other._tokenizers = self._splits, self._tokenizers
+        return other
+
+    def seeds(self) -> list[Study]:
+        """One study per training seed of the claims protocol (`profile.claim_seeds`: three at the full profile)."""
+        return [self.for_seed(s) for s in self.profile.claim_seeds]
 
     # ------------------------------------------------------------------------------------------------- data
     @property
@@ -141,8 +157,24 @@ class Study:
         tok, var = ar_baseline(self.profile)
         return tok, dataclasses.replace(var, **changes)
 
+    def controlled_configs(self, depth: int | None = None) -> dict[str, VARConfig]:
+        """The claims protocol's three models at `depth` (None: the profile's): "raster AR" on its one-scale
+        tokenizer, "AR on VAR tokens" (next-token prediction over VAR's multi-scale tokens, VAR's tokenizer) and
+        "VAR". They share the blocks; the positions differ by L (155 against 64 at 32 px). ValueError with the counts
+        unless the parameter counts agree within PARAM_MATCH."""
+        var_cfg = self.var_config(depth)
+        configs = {"raster AR": self.ar_configs(depth=var_cfg.depth)[1],
+                   "AR on VAR tokens": MultiScaleARConfig(**dataclasses.asdict(var_cfg)), "VAR": var_cfg}
+        with torch.device("meta"):  # shapes only: no memory, no initialisation work
+            counts = {name: build_model(cfg).num_params() for name, cfg in configs.items()}
+        if max(counts.values()) > (1 + PARAM_MATCH) * min(counts.values()):
+            raise ValueError(f"the controlled models at depth {var_cfg.depth} differ in parameters by more than "
+                             f"{PARAM_MATCH:.0%}: {counts}")
+        return configs
+
     def tokenizer_for(self, var_cfg: VARConfig) -> TokenizerConfig:
-        """The tokenizer a transformer config reads: the multi-scale one, or for one scale the AR baseline's."""
+        """The tokenizer a transformer config reads: the multi-scale one (VAR, and the AR over its tokens), or for
+        one scale the AR baseline's."""
         return ar_baseline(self.profile)[0] if len(var_cfg.scales) == 1 else self.profile.tokenizer
 
     def sampling_seed(self, stream: int = 0) -> int:
@@ -191,22 +223,71 @@ class Study:
             self._tokenizers[key] = frozen(vae.to(self.device))
         return self._tokenizers[key]
 
-    def tokens(self, split: str, tok_cfg: TokenizerConfig | None = None) -> dict:
-        """The tokens of one split, encoded once by the frozen tokenizer: dict(idx=(N, L) int16/int32, labels=(N,))."""
+    def tokens(self, split: str, tok_cfg: TokenizerConfig | None = None, augmentation: int = 0) -> dict:
+        """The tokens of one split, encoded once by the frozen tokenizer: dict(idx=(N, L) int16/int32, labels=(N,)).
+        `augmentation` a >= 1: the tokens of the training images as `augmented_images(a)` varies them (the test
+        split is never augmented)."""
+        if not isinstance(augmentation, int) or isinstance(augmentation, bool) or augmentation < 0:
+            raise ValueError(f"augmentation = {augmentation!r}: must be an integer >= 0 (0 = the images as they are)")
+        if augmentation and split != "train":
+            raise ValueError(f"augmentation = {augmentation} of the {split!r} split: only the training split has "
+                             f"augmented token sets; evaluation reads the images as they are (augmentation = 0)")
         tok_cfg = tok_cfg or self.profile.tokenizer
         spec = {"tokenizer": self.tokenizer_key(tok_cfg), "data": self._data_spec(), "split": split}
+        if augmentation:
+            spec["augmentation"] = {"index": augmentation, **self.augmentation_spec()}
 
         def build() -> dict:
             images = self.split(split)
-            idx_NL = encode_images(self.tokenizer(tok_cfg), images.images_u8, self.device)
+            images_u8 = self.augmented_images(augmentation) if augmentation else images.images_u8
+            idx_NL = encode_images(self.tokenizer(tok_cfg), images_u8, self.device)
             return {"idx": idx_NL.to(token_dtype(tok_cfg.vocab_size)), "labels": images.labels.clone()}
 
         return get_or_build("tokens", spec, build)
 
+    def training_tokens(self, train_cfg: TrainConfig | None = None,
+                        tok_cfg: TokenizerConfig | None = None) -> list[dict]:
+        """The `train_cfg.token_sets` token sets of the training split that `train_model` draws among: set 0 the
+        images as they are, sets a >= 1 augmented (`tokens("train", tok_cfg, a)`)."""
+        train_cfg = train_cfg or self.train_config
+        return [self.tokens("train", tok_cfg, a) for a in range(train_cfg.token_sets)]
+
+    def augmentation_spec(self) -> dict:
+        """How augmented token sets vary the training images: shifts of up to 1/16 of the side in each direction (2 px
+        at 32 px, as far as the authors' random 256 px crops of 288 px images move), flips where `Profile.hflip`."""
+        return {"max_shift": max(1, self.data.resolution // 16), "hflip": self.profile.hflip}
+
+    def augmented_images(self, augmentation: int) -> torch.Tensor:
+        """The training images (uint8, N C H W) of augmented set `augmentation` >= 1: each moved by its own offset
+        (dy, dx) in [-s, s]^2, the uncovered border filled with pixel 0 (the background, -1 in the model's range),
+        and where allowed flipped left-right with probability 1/2. The set's index alone seeds the draws, so every
+        training seed reads the same sets."""
+        if not isinstance(augmentation, int) or isinstance(augmentation, bool) or augmentation < 1:
+            raise ValueError(f"augmentation = {augmentation!r}: augmented sets are numbered from 1 (0 = as they are)")
+        spec = self.augmentation_spec()
+        s, images_NCHW = spec["max_shift"], self.split("train").images_u8
+        N, _, H, W = images_NCHW.shape
+        gen = seeded_generator(augmentation)
+        shift_N2 = torch.randint(-s, s + 1, (N, 2), generator=gen)
+        flip_N = torch.rand(N, generator=gen) < 0.5
+        padded = F.pad(images_NCHW, (s, s, s, s))
+        out = torch.empty_like(images_NCHW)
+        for dy, dx in shift_N2.unique(dim=0).tolist():
+            moved = (shift_N2 == torch.tensor([dy, dx])).all(1)
+            out[moved] = padded[moved, :, s - dy:s - dy + H, s - dx:s - dx + W]  # out[y, x] = image[y - dy, x - dx]
+        if spec["hflip"]:
+            out[flip_N] = out[flip_N].flip(-1)
+        return out
+
     # ------------------------------------------------------------------------------------------ transformers
     def _transformer_spec(self, var_cfg: VARConfig, train_cfg: TrainConfig, tok_cfg: TokenizerConfig) -> dict:
-        return {"var": var_cfg, "train": dataclasses.replace(train_cfg, compile=False), "data": self._data_spec(),
-                "tokenizer": self.tokenizer_key(tok_cfg)}
+        spec = {"var": var_cfg, "train": jsonable(dataclasses.replace(train_cfg, compile=False)),
+                "data": self._data_spec(), "tokenizer": self.tokenizer_key(tok_cfg)}
+        if train_cfg.token_sets == 1:  # how every transformer trained before there were several: the same key
+            del spec["train"]["token_sets"]
+        else:  # the augmented sets' recipe determines the model as much as the training config does
+            spec["augmentation"] = self.augmentation_spec()
+        return spec
 
     def transformer_key(self, var_cfg: VARConfig | None = None, train_cfg: TrainConfig | None = None) -> str:
         var_cfg = var_cfg or self.var_config()
@@ -228,7 +309,8 @@ class Study:
         resume = TrainState("var", spec)
 
         def build() -> dict:
-            model, history = train_model(var_cfg, train_cfg, self.tokenizer(tok_cfg), self.tokens("train", tok_cfg),
+            model, history = train_model(var_cfg, train_cfg, self.tokenizer(tok_cfg),
+                                         self.training_tokens(train_cfg, tok_cfg),
                                          self.tokens("test", tok_cfg), self.device, self.progress, resume)
             return {"model": model.state_dict(), "history": history.to_dict("records")}
 

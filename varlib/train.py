@@ -15,6 +15,7 @@ wraps the model in DistributedDataParallel and each rank trains on a disjoint sh
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 
@@ -30,8 +31,8 @@ from .config import TrainConfig, VARConfig, check_compatible
 from .device import autocast
 from .parallel import data_parallel, mean_over_ranks, rank_and_world, setup_distributed, share_of, sum_over_ranks
 from .tokenizer import split_scales
-from .tokenizer_train import batch_indices
-from .transformer import build_model, teacher_forcing_input
+from .tokenizer_train import batch_indices, seeded_generator
+from .transformer import ARTransformer, build_model, teacher_forcing_input
 
 log = logging.getLogger(__name__)
 
@@ -129,11 +130,12 @@ class TokenLoss(nn.Module):
 
 # ----------------------------------------------------------------------------------------------- evaluation
 
-def _batch_inputs(vae: nn.Module, idx_BL: torch.Tensor, scales: tuple[int, ...]):
-    """Targets (B, L) int64 and the teacher-forcing input (B, L-1, Cvae) of one batch of cached tokens."""
+def _batch_inputs(vae: nn.Module, idx_BL: torch.Tensor, model: nn.Module):
+    """Targets (B, L) int64 and `model`'s teacher-forcing input (B, L-1, Cvae) of one batch of cached tokens."""
     target_BL = idx_BL.long()
     with torch.no_grad():
-        x_BLCv_wo_first_l = teacher_forcing_input(vae, split_scales(target_BL, scales))
+        x_BLCv_wo_first_l = teacher_forcing_input(vae, split_scales(target_BL, model.cfg.scales),
+                                                  next_token=isinstance(model, ARTransformer))
     return target_BL, x_BLCv_wo_first_l
 
 
@@ -141,8 +143,10 @@ def _batch_inputs(vae: nn.Module, idx_BL: torch.Tensor, scales: tuple[int, ...])
 def evaluate(model: nn.Module, vae: nn.Module, tokens: dict, device: torch.device | str,
              batch_size: int = 256) -> dict:
     """Cross-entropy and token error rate on `tokens`, on the last scale and over all scales (the paper's
-    scaling-law quantities, Sec. 5), plus per-scale lists. Class dropout off (eval mode). Under torchrun the
-    sequences are shared out between ranks and the sums all-reduced."""
+    scaling-law quantities, Sec. 5), plus per-scale lists, and `nll_per_image`: the negative log-likelihood of a
+    whole sequence in nats (the sum of its L tokens' cross-entropies, = L x loss_all) averaged over the images,
+    comparable between models that predict the same tokens (VAR and the AR over its tokens). Class dropout off
+    (eval mode). Under torchrun the sequences are shared out between ranks and the sums all-reduced."""
     device = torch.device(device)
     scales = model.cfg.scales
     sizes = [pn * pn for pn in scales]
@@ -155,7 +159,7 @@ def evaluate(model: nn.Module, vae: nn.Module, tokens: dict, device: torch.devic
     training = model.training
     model.eval()
     for i in range(0, len(labels_N), batch_size):
-        target_BL, x_BLCv = _batch_inputs(vae, idx_NL[i:i + batch_size], scales)
+        target_BL, x_BLCv = _batch_inputs(vae, idx_NL[i:i + batch_size], model)
         with autocast(device):
             ce_BL, pred_BL = loss_fn(labels_N[i:i + batch_size], x_BLCv, target_BL)
         ce_K.index_add_(0, scale_L, ce_BL.double().sum(0))
@@ -171,6 +175,7 @@ def evaluate(model: nn.Module, vae: nn.Module, tokens: dict, device: torch.devic
         loss_all=float(ce_K.sum() / count_K.sum()), loss_last=float(ce_K[-1] / count_K[-1]),
         err_all=float(wrong_K.sum() / count_K.sum()), err_last=float(wrong_K[-1] / count_K[-1]),
         loss_per_scale=(ce_K / count_K).tolist(), err_per_scale=(wrong_K / count_K).tolist(),
+        nll_per_image=float(ce_K.sum() / (count_K.sum() / sum(sizes))),
     )
 
 
@@ -194,7 +199,7 @@ class TrainStep:
         self.net = data_parallel(net, device, world)
 
     def __call__(self, label_B: torch.Tensor, idx_BL: torch.Tensor, lr: float) -> tuple[torch.Tensor, torch.Tensor]:
-        target_BL, x_BLCv_wo_first_l = _batch_inputs(self.vae, idx_BL, self.scales)
+        target_BL, x_BLCv_wo_first_l = _batch_inputs(self.vae, idx_BL, self.model)
         for group in self.opt.param_groups:
             group["lr"] = lr
         with autocast(self.device):
@@ -214,15 +219,27 @@ def _step_seed(seed: int, step: int, rank: int) -> int:
     return hash((seed, step, rank)) % 2**63
 
 
-def train_model(var_cfg: VARConfig, train_cfg: TrainConfig, vae: nn.Module, tokens_train: dict, tokens_test: dict,
-                device: torch.device | str, progress: bool = True,
+def train_model(var_cfg: VARConfig, train_cfg: TrainConfig, vae: nn.Module, tokens_train: dict | list[dict],
+                tokens_test: dict, device: torch.device | str, progress: bool = True,
                 resume: TrainState | None = None) -> tuple[nn.Module, pd.DataFrame]:
     """Train a transformer on cached tokens; returns the model (eval mode) and one history row per evaluation.
 
+    `tokens_train`: one token set, or `train_cfg.token_sets` sets of the same images varied differently
+    (`Study.training_tokens`), among which each image is drawn anew every epoch (`token_set_indices`).
     `resume`: snapshots are written there after every evaluation and picked up on the next call, which ends with
     the same parameters as an uninterrupted run. Under torchrun the model runs under DDP; rank 0 logs and saves.
     """
     rank, world, device = setup_distributed(torch.device(device))
+    sets = [tokens_train] if isinstance(tokens_train, dict) else list(tokens_train)
+    if len(sets) != train_cfg.token_sets:
+        raise ValueError(f"{len(sets)} training token sets given, but TrainConfig.token_sets = {train_cfg.token_sets}: "
+                         f"pass as many (Study.training_tokens does)")
+    tokens_train = sets[0]
+    for k, other in enumerate(sets[1:], 1):
+        if other["idx"].shape != tokens_train["idx"].shape or not torch.equal(other["labels"], tokens_train["labels"]):
+            raise ValueError(f"training token set {k} ({tuple(other['idx'].shape)}) does not hold the images of set 0 "
+                             f"({tuple(tokens_train['idx'].shape)}) with the same labels in the same order: the sets "
+                             f"must be versions of one split")
     L, steps = var_cfg.num_tokens, train_cfg.steps
     check_compatible(var_cfg, vae.cfg)
     if tokens_train["idx"].shape[1] != L:
@@ -240,7 +257,7 @@ def train_model(var_cfg: VARConfig, train_cfg: TrainConfig, vae: nn.Module, toke
     model = build_model(var_cfg).to(device)
     vae = vae.to(device).eval()
     train_step = TrainStep(model, vae, train_cfg, device, world=world)
-    idx_NL, labels_N = tokens_train["idx"].to(device), tokens_train["labels"].to(device)
+    idx_KNL, labels_N = torch.stack([t["idx"] for t in sets]).to(device), tokens_train["labels"].to(device)
 
     start, rows, wall_before = 0, [], 0.0
     snapshot = resume.load() if resume is not None else None
@@ -256,10 +273,12 @@ def train_model(var_cfg: VARConfig, train_cfg: TrainConfig, vae: nn.Module, toke
                desc=f"train d{var_cfg.depth} ({len(var_cfg.scales)} scales)")
     for step in bar:
         torch.manual_seed(_step_seed(train_cfg.seed, step, rank))
-        # every rank draws the same global batch (seeded by step) and trains on its own slice of it
-        batch = share_of(batch_indices(step, train_cfg.batch_size, n_train, train_cfg.seed), rank, world).to(device)
+        # every rank draws the same global batch and token sets (seeded by step) and trains on its own slice of it
+        image_B = batch_indices(step, train_cfg.batch_size, n_train, train_cfg.seed)
+        set_B = token_set_indices(step, image_B, n_train, train_cfg.token_sets, train_cfg.seed)
+        batch, in_set = (share_of(t, rank, world).to(device) for t in (image_B, set_B))
         lr = train_cfg.lr * lr_factor(step, steps, train_cfg.warmup_frac, train_cfg.final_lr_frac)
-        loss, err = train_step(labels_N[batch], idx_NL[batch], lr)
+        loss, err = train_step(labels_N[batch], idx_KNL[in_set, batch], lr)
         loss_sum += loss
         err_sum += err
         n_sum += 1
@@ -289,6 +308,27 @@ def train_model(var_cfg: VARConfig, train_cfg: TrainConfig, vae: nn.Module, toke
                                      history=rows, wall_time_s=wall))
     bar.close()
     return model.eval(), pd.DataFrame(rows)
+
+
+def token_set_indices(step: int, image_B: torch.Tensor, n: int, sets: int, seed: int) -> torch.Tensor:
+    """The token set each image of `step`'s global batch (`image_B`, from `batch_indices`) is read from. Over every
+    `sets` consecutive epochs each image visits each of its sets once, in an order of its own (seeded, so a resumed
+    run reads what an uninterrupted one reads): no version of an image comes back before all of them have been seen,
+    as the authors draw a fresh random crop of every image in every epoch."""
+    if sets == 1:
+        return torch.zeros_like(image_B)
+    epoch_B = (step * len(image_B) + torch.arange(len(image_B))) // n  # the positions `batch_indices` walks
+    set_B = torch.empty_like(image_B)
+    for epoch in epoch_B.unique().tolist():
+        in_epoch = epoch_B == epoch
+        set_B[in_epoch] = _set_order(n, sets, seed, epoch // sets)[image_B[in_epoch], epoch % sets]
+    return set_B
+
+
+@functools.lru_cache(maxsize=2)
+def _set_order(n: int, sets: int, seed: int, block: int) -> torch.Tensor:
+    """(n, sets): row i is the order in which image i visits its sets in the epochs of `block` (`sets` of them)."""
+    return torch.rand(n, sets, generator=seeded_generator(seed, 1, block)).argsort(1)
 
 
 if __name__ == "__main__":  # python -m varlib.train: the command line lives in varlib.cli

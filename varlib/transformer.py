@@ -5,8 +5,10 @@ class embedding is the start token (and, with AdaLN, the condition of every bloc
 VQVAE's cumulative feature map f_hat_{<k} area-resized to h_k x w_k (built by the tokenizer), and a block-causal mask
 lets every token of scale k see all tokens of scales <= k, so all h_k*w_k tokens of a scale are predicted in parallel.
 
-`ARTransformer` is the paper's raster-scan baseline (Table 3, row 1): the same blocks over one token map in raster
-order with a plain causal mask.
+`ARTransformer` is next-token prediction with the same blocks and a plain causal mask: over one token map in raster
+order it is the paper's raster-scan baseline (Table 3, row 1); over VAR's own token maps r_1..r_K (a
+`MultiScaleARConfig`) it is the claims protocol's control, which changes only next-scale into next-token prediction
+with the tokenizer held fixed.
 
 State-dict names and persistent buffers follow the authors' `VAR` (models/var.py, basic_var.py), so their released
 `var_d*.pth` checkpoints load with `strict=True` into `VAR(VARConfig(depth=d, num_classes=1000, vocab_size=4096,
@@ -23,7 +25,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .config import VARConfig
+from .config import MultiScaleARConfig, VARConfig
 
 LOG_MAX_ATTN_SCALE = math.log(100.0)  # clamp of the learnable attention temperature (authors' value)
 
@@ -433,6 +435,9 @@ class VAR(_TokenTransformer):
         if len(cfg.scales) < 2:
             raise ValueError(f"VAR needs at least two scales, got scales={cfg.scales}; use ARTransformer (or "
                              f"build_model) for a single token map")
+        if isinstance(cfg, MultiScaleARConfig):
+            raise ValueError("a MultiScaleARConfig describes next-token prediction over VAR's tokens: build it with "
+                             "ARTransformer (or build_model), not VAR")
         sizes = [pn * pn for pn in cfg.scales]
         super().__init__(cfg, mask_groups(sizes), sizes, sizes[0], sdpa)
         self.scales = cfg.scales
@@ -441,28 +446,50 @@ class VAR(_TokenTransformer):
 
 
 class ARTransformer(_TokenTransformer):
-    """Raster-scan AR baseline (paper Table 3, row 1): one h x w token map in raster order, causal mask, class start
-    token; token t is predicted from the start token and tokens < t."""
+    """Next-token prediction: token t is predicted from the class start token and tokens < t (plain causal mask), and
+    its input is the codebook embedding of token t - 1 (GPT's right shift, `teacher_forcing_input`).
+
+    One h x w token map in raster order: the raster-scan AR baseline (paper Table 3, row 1). A `MultiScaleARConfig`:
+    VAR's token maps r_1..r_K concatenated in order, raster within a scale, with VAR's level and position
+    embeddings; its parameters are VAR's to the element (the same shapes everywhere)."""
 
     def __init__(self, cfg: VARConfig, sdpa: bool = True):
-        if len(cfg.scales) != 1:
-            raise ValueError(f"ARTransformer models one token map: scales must be (h,), got {cfg.scales}")
-        L = cfg.scales[0] ** 2
-        super().__init__(cfg, torch.zeros(L, dtype=torch.long), [1] * L, 1, sdpa)
+        if len(cfg.scales) != 1 and not isinstance(cfg, MultiScaleARConfig):
+            raise ValueError(f"ARTransformer over scales={cfg.scales}: one token map (scales=(h,)) is the raster AR; "
+                             f"for next-token prediction over VAR's multi-scale tokens pass a MultiScaleARConfig")
+        sizes = [pn * pn for pn in cfg.scales]
+        super().__init__(cfg, mask_groups(sizes), [1] * sum(sizes), 1, sdpa)
         self.scales = cfg.scales
 
 
 def build_model(cfg: VARConfig, sdpa: bool = True) -> VAR | ARTransformer:
-    """VAR for a multi-scale config, the raster AR baseline for a single scale."""
-    return ARTransformer(cfg, sdpa) if len(cfg.scales) == 1 else VAR(cfg, sdpa)
+    """VAR for a multi-scale VARConfig; ARTransformer for one scale (raster AR) or a MultiScaleARConfig."""
+    if len(cfg.scales) == 1 or isinstance(cfg, MultiScaleARConfig):
+        return ARTransformer(cfg, sdpa)
+    return VAR(cfg, sdpa)
 
 
-def teacher_forcing_input(vae, idx_Bl: list[torch.Tensor]) -> torch.Tensor:
-    """The transformer's input for tokens 1..L-1, (B, L-1, Cvae) float32.
+def teacher_forcing_input(vae, idx_Bl: list[torch.Tensor], next_token: bool = False) -> torch.Tensor:
+    """The transformer's input for tokens 1..L-1, (B, L-1, Cvae) float32, from the token maps idx_Bl of all scales.
 
-    Multi-scale tokenizer: the cumulative f_hat after scales < k area-resized to scale k (vae.idxBl_to_var_input).
-    Single scale (raster AR): the codebook embedding of every token but the last (GPT's right shift).
+    VAR (several scales): the cumulative f_hat after scales < k area-resized to scale k (vae.idxBl_to_var_input).
+    Next-token prediction (one scale, or `next_token`): the codebook embedding of every token but the last of the
+    concatenated maps (GPT's right shift).
     """
-    if len(idx_Bl) > 1:
-        return vae.idxBl_to_var_input(idx_Bl)
-    return vae.quantize.embedding(idx_Bl[0][:, :-1]).float()
+    if next_token or len(idx_Bl) == 1:
+        return vae.quantize.embedding(torch.cat(idx_Bl, dim=1)[:, :-1]).float()
+    return vae.idxBl_to_var_input(idx_Bl)
+
+
+# ----------------------------------------------------------------------------------------------- training compute
+
+def training_flops(model: _TokenTransformer, steps: int, batch_size: int) -> float:
+    """FLOPs of a training run: flops_per_token x L tokens per sequence (VAR and the AR over its tokens: 155 at
+    32 px; the raster AR: 64) x batch x steps, as `train_model`'s `flops_seen`."""
+    return float(model.flops_per_token()) * model.L * batch_size * steps
+
+
+def steps_for_flops(model: _TokenTransformer, flops: float, batch_size: int) -> int:
+    """The training steps at `batch_size` whose `training_flops` come nearest to `flops` (at least 1): the claims
+    protocol's comparison at equal training compute, e.g. the raster AR against `training_flops(var, ...)`."""
+    return max(1, round(flops / training_flops(model, 1, batch_size)))
