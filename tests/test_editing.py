@@ -97,6 +97,10 @@ def test_the_protocol_is_the_same_for_every_model_and_targets_another_class():
     assert (p.targets != labels).all() and p.targets.unique().numel() == 5
     assert p.task_labels(editing.TASKS[0]) is None and torch.equal(p.task_labels(editing.TASKS[3]), labels)
     assert torch.equal(p.keep_mask(editing.TASKS[0]), 1 - p.keep_mask(editing.TASKS[1]))
+    interior, keep = p.interior_mask(editing.TASKS[0]), p.keep_mask(editing.TASKS[0])
+    assert (interior <= keep).all() and interior.sum() < keep.sum()
+    top, left, bottom, right = p.boxes[0].tolist()
+    assert interior[0, max(top - 4, 0):bottom + 4, max(left - 4, 0):right + 4].sum() == 0  # one 4 px cell around
     band = torch.as_tensor(editing.median_band(p.areas))
     assert p.areas[band].min() <= p.areas.median() <= p.areas[band].max() and 0 < band.sum() < 40
 
@@ -121,13 +125,18 @@ def test_authors_procedure_never_changes_its_known_tokens(var_pair):
         idx_Bl, out = edit(model, vae, images, mask, None, SC, gen(), procedure="authors")
         known_Bl = vae.img_to_idxBl(images)
         changed = False
-        for pn, ours, known in zip(SCALES, idx_Bl, known_Bl, strict=True):
-            keep = known_tokens(mask, pn, any_pixel=False) | (pn * pn <= 3)
+        for si, (pn, ours, known) in enumerate(zip(SCALES, idx_Bl, known_Bl, strict=True)):
+            keep = editing.authors_known_tokens(mask, SCALES, si)
             assert torch.equal(ours[keep], known[keep]), f"{mode}: a known token changed at scale {pn}"
             changed |= bool((ours[~keep] != known[~keep]).any())
         assert changed and out.shape == images.shape
     full, _ = edit(model, vae, images, torch.ones(4, 8, 8), torch.tensor([0, 1, 2, 3]), SC, gen(), "authors")
     assert same_tokens(full, vae.img_to_idxBl(images))
+    # their rule by hand: the 4x4 mask with its centre unknown, shrunk bilinearly, > 0.5
+    keep = [editing.authors_known_tokens(box_mask(8, 8, [(2, 2, 6, 6)], "inpaint"), SCALES, si)[0] for si in range(4)]
+    assert keep[0].all() and keep[1].all()  # 1 token (<= 3: always copied); 2x2: every sample point 3/4 known
+    assert keep[2].tolist() == [True] * 4 + [False] + [True] * 4  # 3x3: the centre samples the unknown cells only
+    assert keep[3].view(4, 4)[1:3, 1:3].sum() == 0 and keep[3].sum() == 12
 
 
 def test_requantized_known_tokens_are_alg1_on_the_residual_of_what_was_generated(var_pair):
@@ -139,14 +148,16 @@ def test_requantized_known_tokens_are_alg1_on_the_residual_of_what_was_generated
     idx_Bl, _ = edit(model, vae, images, keep, None, SC, gen())
     f, quant = vae.img_to_f(images), vae.quantize
     known_B1hw = editing.known_fraction(keep, SCALES[-1])
+    sampled = 0
     for si, pn in enumerate(SCALES):
         f_hat = quant.idxBl_to_fhat(idx_Bl[:si]) if si else torch.zeros_like(f)
         frac = known_B1hw if si == len(SCALES) - 1 else F.interpolate(known_B1hw, size=(pn, pn), mode="area")
         pooled = F.interpolate((f - f_hat) * known_B1hw, size=(pn, pn), mode="area") / frac.clamp_min(1e-6)
         expected = quant.nearest_code(pooled.permute(0, 2, 3, 1).reshape(-1, 8)).view(4, -1)
-        forced = (frac > 0 if si == len(SCALES) - 1 else frac > 0.5).flatten(1)
-        assert forced.any() and (~forced).any()
+        forced = (frac > 0).flatten(1)
+        sampled += int((~forced).sum())
         assert torch.equal(idx_Bl[si][forced], expected[forced]), f"scale {pn}"
+    assert sampled > 0
 
 
 def test_requantized_known_tokens_never_read_the_unknown_features(var_pair):
@@ -177,27 +188,30 @@ def test_requantize_with_nothing_known_samples_and_with_everything_known_encodes
 
 @pytest.fixture(scope="module")
 def smoke_models():
-    """The smoke profile's trained tokenizer (cached in the session's VARLIB_CACHE) and transformer."""
+    """The smoke profile's trained tokenizer and transformer (cached in the session's VARLIB_CACHE), 48 test images."""
     study = Study.create("smoke", device="cpu", progress=False)
     return study.tokenizer(), study.transformer()[0], study.split("test").float_images(slice(0, 48))
 
 
 @torch.no_grad()
 def test_requantize_keeps_the_known_region_of_a_trained_tokenizer(smoke_models):
-    """The known region's PSNR stays within PRESERVATION_DB of the tokenizer's reconstruction where the decoder's
-    view of the generated cells allows it: the edit decoded with the tokenizer's own latents in the known cells
-    (`with_known_latents`) is what any choice of known tokens could reach, and the re-quantized tokens reach it."""
+    """On the smoke tokenizer the re-quantized known region stays within PRESERVATION_DB of the tokenizer's own
+    reconstruction (measured: in-painting -1.00 dB, out-painting -0.83; the authors' procedure -1.43 and -1.38),
+    and no more than 0.2 dB below the same edit decoded with the tokenizer's exact latents in the known cells
+    (`with_known_latents`): what is lost is the decoder's view of the generated cells, not the choice of known
+    tokens. (The tolerance of 0.15 dB is for a tokenizer trained on another CPU.)"""
     vae, model, x = smoke_models
     boxes = editing.random_boxes(len(x), 32, vae.cfg.downsample, seed=0)
     tok_fhat, recon = editing.reconstruct(vae, x)
     for mode in ("inpaint", "outpaint"):
         keep = box_mask(32, 32, boxes, mode)
         tokens, out = edit_many(model, vae, x, keep, None, SampleConfig(), 0, 0, "requantize")
-        tokenizer = masked_psnr(recon, x, keep).mean()
-        ours = masked_psnr(out, x, keep).mean()
-        bound = masked_psnr(editing.with_known_latents(vae, tokens, tok_fhat, keep), x, keep).mean()
-        assert ours >= bound - 0.3, (mode, ours, bound)
-        assert ours >= tokenizer - editing.PRESERVATION_DB - (tokenizer - bound), (mode, ours, tokenizer)
+        _, authors = edit_many(model, vae, x, keep, None, SampleConfig(), 0, 0, "authors")
+        tokenizer, ours = masked_psnr(recon, x, keep).mean(), masked_psnr(out, x, keep).mean()
+        exact = masked_psnr(editing.with_known_latents(vae, tokens, tok_fhat, keep), x, keep).mean()
+        assert ours >= tokenizer - editing.PRESERVATION_DB - 0.15, (mode, ours, tokenizer)
+        assert ours >= exact - 0.2, (mode, ours, exact)
+        assert ours > masked_psnr(authors, x, keep).mean(), mode
 
 
 # ----------------------------------------------------------------------------------------------- raster AR
@@ -223,7 +237,7 @@ def test_fair_ar_takes_the_image_token_at_every_known_position(ar_pair):
         mask = box_mask(8, 8, [(2, 2, 6, 6), (0, 2, 4, 8), (4, 0, 8, 6), (2, 4, 8, 8)], mode)
         (edited,), out = edit_ar(model, vae, x, mask, None, SC, gen())
         (known,) = vae.img_to_idxBl(x)
-        keep = known_tokens(mask, 4, any_pixel=True)
+        keep = known_tokens(mask, 4)
         assert torch.equal(edited[keep], known[keep]), mode
         assert (edited[~keep] != known[~keep]).any() and out.shape == x.shape
         # the prefix variant loses the known tokens after the first unknown one
@@ -305,7 +319,7 @@ def test_evaluate_measures_every_method_and_the_class_edit_controls(var_pair, ar
         for task in (editing.CLASS_TASK, editing.OWN_CLASS_TASK):
             assert 0 <= t.loc[(task, method), "success_at_median_area"] <= 1
         assert math.isnan(t.loc[("in-painting", method), "FID"])  # 12 outputs: too few for FID
-        assert t.loc[("in-painting", method), "context_bound_psnr"] > 0
+        assert t.loc[("in-painting", method), "exact_latents_psnr"] > 0
     o = results.outputs
     own = o[(o.task == editing.OWN_CLASS_TASK) & (o.method == "VAR new")]
     assert (own["target"].to_numpy() == protocol.targets.repeat(2).numpy()).all()

@@ -123,6 +123,9 @@ def test_too_few_models_give_an_unfitted_law():
     assert offset.n_points == 3 and np.isnan([offset.alpha, offset.E, *offset.alpha_ci]).all()
     power = fit_over_models(runs[runs.model != "m2"], "N", "L")
     assert power.n_points == 2 and np.isnan([power.alpha, power.pearson_r, *power.alpha_ci]).all()
+    just_enough = fit_over_models(runs, "N", "L")  # three models: every usable resample is the data itself
+    assert just_enough.alpha == PowerLaw.fit([1.0, 2.0, 4.0], [3.0, 2.5, 2.0]).alpha
+    assert np.isnan(just_enough.alpha_ci).all()
 
 
 def curve(model, losses, seed=0):

@@ -170,7 +170,8 @@ def fit_over_models(runs: pd.DataFrame, x: str, y: str, law: type[Law] = PowerLa
                     n_boot: int = N_BOOT, seed: int = 0, ci: float = CI) -> Law:
     """`law` fitted to the seed means of `runs` (one row per trained run: its `model`, `x` and `y`), with alpha's
     `ci` interval from the model-level bootstrap: each resample draws models with replacement, each with the mean
-    of all its seeds. Fewer models than the law needs: the unfitted law (NaNs, logged)."""
+    of all its seeds. Fewer models than the law needs: the unfitted law (NaNs, logged); exactly as many: the fit
+    without an interval (NaN), since no resample with enough distinct models differs from the data."""
     means = seed_means(runs, x, y, model)
     if len(means) < law.min_points:
         log.warning("%s of %s in %s: %d models, the law needs %d; not fitted", law.__name__, y, x, len(means),
@@ -178,6 +179,10 @@ def fit_over_models(runs: pd.DataFrame, x: str, y: str, law: type[Law] = PowerLa
         return law.unfitted(len(means))
     x_M, y_M = means[x].to_numpy(float), means[y].to_numpy(float)
     fitted = law.fit(x_M, y_M)
+    if len(means) == law.min_points:  # every resample that determines the law is the data itself: no interval
+        log.warning("%s of %s in %s: %d models, as few as the law needs; no bootstrap interval", law.__name__, y, x,
+                    len(means))
+        return fitted
     rng = np.random.default_rng(seed)
     alphas = []
     for _ in range(n_boot):
