@@ -294,7 +294,8 @@ def test_memorisation_flags_copies_of_training_images(clf, data):
 def test_dropping_modes_keeps_only_the_remaining_classes_and_raises_fid(clf, test_split, reference):
     images, labels = test_split.images_u8[:1000], test_split.labels[:1000]
     fewer = drop_modes(images, labels, 5, 400, seed=1)
-    assert len(fewer) == 400 and (predict(clf.model, fewer) >= 5).float().mean() > 0.8
+    kept = images[labels >= 5].flatten(1)
+    assert len(fewer) == 400 and all((kept == x).all(1).any() for x in fewer.flatten(1))  # only classes 5..9
     assert torch.equal(fewer, drop_modes(images, labels, 5, 400, seed=1))
     fids = [_fid(drop_modes(images, labels, k, 400), reference, clf) for k in (0, 3, 6)]
     assert fids == sorted(fids)
