@@ -4,14 +4,14 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PROFILE ?= quick
 DEVICE  ?= auto
+JOBS    ?= 1
 PM     := $(PY) -m papermill --log-output -p profile $(PROFILE) -p device $(DEVICE)
-NOTEBOOKS := $(sort $(wildcard notebooks/0*.ipynb))
 
 .PHONY: scaling test reproduce lab data lint clean-cache clean-venv help
 help:
 	@echo "make scaling    # the main job: notebooks/04_scaling.ipynb (PROFILE=$(PROFILE))"
 	@echo "make test       # the test suite"
-	@echo "make reproduce  # every notebook in order (PROFILE=smoke|quick|full)"
+	@echo "make reproduce  # every notebook, their models trained first (PROFILE=smoke|quick|full, JOBS=$(JOBS) at once)"
 	@echo "make lab        # JupyterLab on notebooks/"
 
 $(VENV)/.installed: pyproject.toml
@@ -35,7 +35,7 @@ test: $(VENV)/.installed data
 	$(PY) -m pytest -q
 
 reproduce: $(VENV)/.installed data
-	@for nb in $(NOTEBOOKS); do echo "== $$nb"; $(PM) $$nb $(VENV)/out-$$(basename $$nb) || exit 1; done
+	$(PY) -m varlib.runner $(PROFILE) --device $(DEVICE) --jobs $(JOBS) --out . --logs $(VENV)/study-logs
 
 lab: $(VENV)/.installed data
 	$(VENV)/bin/jupyter lab notebooks/

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from varlib.classifier import PerceptualDistance, ResNetClassifier
 from varlib.config import get_profile
 from varlib.data import load_split, to_float
 from varlib.report import provenance, write_provenance
@@ -34,7 +35,11 @@ def make_step(prof, compile: bool, channels_last: bool, device: torch.device):
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     vae = VQVAE(prof.tokenizer).to(device, memory_format=fmt).train()
     disc = PatchDiscriminator(prof.tokenizer.in_channels).to(device, memory_format=fmt).train()
-    step = TokenizerStep(vae, disc, dataclasses.replace(prof.tokenizer_train, compile=compile), device)
+    # the profile's perceptual term on a random classifier of the study's architecture: the cost does not depend on
+    # its weights
+    perceptual = PerceptualDistance(ResNetClassifier(prof.tokenizer.in_channels, prof.var.num_classes))
+    step = TokenizerStep(vae, disc, dataclasses.replace(prof.tokenizer_train, compile=compile), device,
+                         perceptual=perceptual if prof.tokenizer_train.perceptual_term == "classifier" else None)
     images = load_split(prof.data, "train").images_u8[:prof.tokenizer_train.batch_size].to(device)
     x = to_float(images).contiguous(memory_format=fmt)
     return step, x

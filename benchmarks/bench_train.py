@@ -7,6 +7,10 @@
         --out results/bench_ddp/world2/bench_train.json                     # N GPUs: DDP, 96 sequences per GPU
     python benchmarks/bench_train.py --scaling results/bench_ddp/world{1,2}/bench_train.json \
         --out results/bench_ddp/scaling/scaling.json                         # efficiency of N GPUs against one
+    python benchmarks/bench_train.py --study-profile full --depths 2,6,10 \
+        --out results/bench_train/study/bench_train_study.json               # the study's own 32 px models
+    python benchmarks/bench_train.py --study-profile full --depths 2 --variants "varlib graph" --processes 4 \
+        --out results/bench_train/packed/packed4.json                        # 4 models trained at once on one GPU
 
 Random tokens and labels, bf16 autocast on CUDA, fused AdamW, gradient clipping at 2. varlib's step is
 `varlib.train.TrainStep` exactly as the trainer runs it (teacher-forcing input from the codebook, forward + loss,
@@ -19,6 +23,14 @@ FLOPs per token: the model's `flops_per_token()`, 6 x (matmul parameters) + 12 x
 and values, forward + backward); MFU (`varlib.timing.mfu`) is per GPU, against 989 TFLOP/s (H100 SXM dense bf16).
 `gpu_busy`: the share of two steps' span in which the GPU runs kernels (near 1: the time is in the kernels; below, the
 GPU waits on the host). The timing helpers are varlib.timing's.
+
+--study-profile: steps/s of the study's own models, the profile's VARConfig at each of --depths (32 px at full: 7
+scales, 155 tokens, V 1024, B 512), for the variants eager, compile, graph (`TrainConfig.cuda_graph`: the whole step
+replayed from one CUDA graph) and compile + graph, in a table and the JSON. --processes K runs K copies of that
+measurement at once on the same GPU, as K trainings packed onto it would: each process builds and warms up its
+models, waits at a file barrier so that all K time their steps together, and the JSON gives each one's steps/s, their
+sum, and the total of all K's steps over the span from the first start to the last end (the lower bound when they
+do not overlap well).
 
 Under torchrun each of the N processes runs varlib's step under DistributedDataParallel on its own GPU and its own
 random batch of --batch sequences (weak scaling: the global batch is N x --batch); tokens/s counts all N, MFU is per
@@ -33,6 +45,10 @@ import dataclasses
 import gc
 import json
 import platform
+import re
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -43,7 +59,7 @@ import torch.nn.functional as F
 
 from varlib.authors import import_authors_models
 from varlib.config import PAPER_SCALES_256, TokenizerConfig, TrainConfig, VARConfig, get_profile
-from varlib.device import autocast
+from varlib.device import autocast, synchronize
 from varlib.parallel import rank_and_world, setup_distributed
 from varlib.report import provenance, write_provenance
 from varlib.timing import PEAK_FLOPS, gpu_busy, mfu, time_steps, write_profile
@@ -51,8 +67,11 @@ from varlib.tokenizer import VQVAE, split_scales
 from varlib.train import TrainStep, evaluate
 from varlib.transformer import build_model
 
-VARLIB_VARIANTS = ["varlib eager", "varlib eager + chunked CE", "varlib compile", "varlib compile + chunked CE"]
+VARLIB_VARIANTS = ["varlib eager", "varlib eager + chunked CE", "varlib compile", "varlib compile + chunked CE",
+                   "varlib graph", "varlib compile + graph"]
 AUTHORS_VARIANTS = ["authors as released", "authors compile"]
+STUDY_VARIANTS = ["varlib eager", "varlib compile", "varlib graph", "varlib compile + graph"]
+BARRIER_TIMEOUT_S = 120.0  # packed processes wait this long for each other before a variant is recorded as failed
 
 
 def random_batch(var_cfg: VARConfig, batch: int, device: torch.device, seed: int = 0):
@@ -110,20 +129,83 @@ def say(*args) -> None:
         print(*args, flush=True)
 
 
+def variant_config(train_cfg: TrainConfig, name: str) -> tuple[TrainConfig, int]:
+    """The training config and head chunk of a varlib variant, read off its name."""
+    cfg = dataclasses.replace(train_cfg, compile="compile" in name, cuda_graph="graph" in name)
+    return cfg, 128 if "chunked" in name else 0
+
+
+def chosen_variants(text: str, known: list[str]) -> list[str]:
+    """The comma-separated --variants, in the order of `known`; SystemExit naming any unknown one."""
+    chosen = set(text.split(","))
+    if chosen - set(known):
+        raise SystemExit(f"unknown --variants {sorted(chosen - set(known))}; choose from {known}")
+    return [name for name in known if name in chosen]
+
+
+class FileBarrier:
+    """Where packed processes meet before they time a variant: each touches <folder>/<key>.<rank> and waits until
+    all `parties` have (they share nothing else, no process group)."""
+
+    def __init__(self, folder: Path, parties: int, rank: int):
+        self.folder, self.parties, self.rank = folder, parties, rank
+
+    def arrive(self, key: str) -> None:
+        (self.folder / f"{key}.{self.rank}").touch()
+
+    def wait(self, key: str) -> None:
+        self.arrive(key)
+        deadline = time.monotonic() + BARRIER_TIMEOUT_S
+        while len(list(self.folder.glob(f"{key}.*"))) < self.parties:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"packed process {self.rank}: the others did not reach {key} within "
+                                   f"{BARRIER_TIMEOUT_S:.0f} s")
+            time.sleep(0.005)
+
+
+def packed_time_steps(step, device: torch.device, warmup: int, steps: int, barrier: FileBarrier, key: str) -> dict:
+    """`time_steps` in one of several packed processes: the warm-up, the barrier `key` (so that all time their steps
+    together), the timed steps with their wall-clock span (`timed_from`, `timed_to`: the parent takes the span of all),
+    and the barrier `key`_done, so that no process warms up its next variant while others still time this one."""
+    t0 = time.perf_counter()
+    for _ in range(warmup):
+        step()
+    synchronize(device)
+    warmup_s = time.perf_counter() - t0
+    barrier.wait(key)
+    timed_from = time.time()
+    rec = time_steps(step, device, 0, steps)
+    timed_to = time.time()
+    barrier.wait(f"{key}_done")
+    return dict(rec, warmup_s=warmup_s, timed_from=timed_from, timed_to=timed_to)
+
+
 def run_variant(name: str, make, device: torch.device, tokens_per_step: int, flops_token: float, warmup: int,
-                steps: int, profile_dir: Path | None = None) -> dict:
+                steps: int, profile_dir: Path | None = None, barrier: FileBarrier | None = None,
+                key: str = "") -> dict:
     """Times one variant (`tokens_per_step` over all ranks); with `profile_dir`, also writes the profiler table of
-    two of its steps there."""
+    two of its steps there. With a `barrier` (packed processes), its timed steps start when every process has warmed
+    up this variant (`key`), and the profiler is left out: it would see this process's kernels only."""
     say(f"== {name}")
     try:
         step, model = make()
-        rec = time_steps(step, device, warmup, steps)
+        if barrier is None:
+            rec = time_steps(step, device, warmup, steps)
+        else:
+            rec = packed_time_steps(step, device, warmup, steps, barrier, key)
         rec["params"] = sum(p.numel() for p in model.parameters())
-        rec.update(gpu_busy(step, device, calls=2))
-        write_profile(profile_dir, name.replace(" ", "_"), step, device, calls=2)
+        if barrier is None:
+            try:
+                rec.update(gpu_busy(step, device, calls=2))
+                write_profile(profile_dir, name.replace(" ", "_"), step, device, calls=2)
+            except Exception as e:  # the profiler failing, or seeing no kernel, costs the busy share, not the timing
+                rec["gpu_busy_error"] = f"{type(e).__name__}: {e}"[:500]
         del step, model
     except Exception as e:  # a failing variant (compiler, out of memory) is recorded, the others still run
         rec = dict(error=f"{type(e).__name__}: {e}"[:2000])
+        if barrier is not None:  # the other processes need not wait for this one
+            barrier.arrive(key)
+            barrier.arrive(f"{key}_done")
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -159,18 +241,15 @@ def throughput(args) -> dict:
     profile_dir = Path(args.profile_dir) if args.profile_dir and world == 1 else None
     common = dict(device=device, tokens_per_step=tokens_per_step, flops_token=flops_token, warmup=args.warmup,
                   steps=args.steps, profile_dir=profile_dir)
-    chosen = set(args.variants.split(","))
-    unknown = chosen - set(VARLIB_VARIANTS) - set(AUTHORS_VARIANTS)
-    if unknown:
-        raise SystemExit(f"unknown --variants {sorted(unknown)}; choose from {VARLIB_VARIANTS + AUTHORS_VARIANTS}")
+    chosen = chosen_variants(args.variants or ",".join(VARLIB_VARIANTS + AUTHORS_VARIANTS),
+                             VARLIB_VARIANTS + AUTHORS_VARIANTS)
     results = []
     for name in VARLIB_VARIANTS:
         if name in chosen:
-            cfg = dataclasses.replace(train_cfg, compile="compile" in name)
-            chunk = 128 if "chunked" in name else 0
+            cfg, chunk = variant_config(train_cfg, name)
             results.append(run_variant(name, lambda cfg=cfg, chunk=chunk: varlib_variant(
                 var_cfg, tok_cfg, cfg, batch, device, chunk), **common))
-    if args.authors_dir is not None and chosen & set(AUTHORS_VARIANTS) and world == 1:
+    if args.authors_dir is not None and set(chosen) & set(AUTHORS_VARIANTS) and world == 1:
         models = import_authors_models(Path(args.authors_dir), device)
         for name in AUTHORS_VARIANTS:
             if name in chosen:
@@ -178,6 +257,103 @@ def throughput(args) -> dict:
                     models, var_cfg, tok_cfg, train_cfg, batch, device, compile), **common))
     return dict(config=dict(depth=depth, scales=scales, num_tokens=L, vocab_size=V, batch=batch, world=world,
                             flops_per_token=flops_token, peak_flops=PEAK_FLOPS), results=results)
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "_", text).strip("_")
+
+
+def study_profile(args, barrier: FileBarrier | None = None) -> dict:
+    """Steps/s of the study's own models: the profile's VARConfig at each of --depths with its batch and tokenizer
+    (random weights and tokens: the cost depends on the shapes only), for each variant."""
+    device = torch.device(args.device)
+    prof = get_profile(args.study_profile)
+    batch = args.batch or prof.train.batch_size
+    train_cfg = dataclasses.replace(prof.train, batch_size=batch)
+    L = prof.var.num_tokens
+    names = chosen_variants(args.variants or ",".join(STUDY_VARIANTS), VARLIB_VARIANTS)
+    rows = []
+    for depth in args.depths or prof.scaling_depths:
+        var_cfg = dataclasses.replace(prof.var, depth=depth)
+        with torch.device("meta"):
+            flops_token = build_model(var_cfg).flops_per_token()
+        say(f"{args.study_profile} profile, d{depth}: {len(var_cfg.scales)} scales, L={L}, V={var_cfg.vocab_size}, "
+            f"batch {batch}, {device}")
+        profile_dir = Path(args.profile_dir) / f"d{depth}" if args.profile_dir and barrier is None else None
+        for name in names:
+            cfg, chunk = variant_config(train_cfg, name)
+            rec = run_variant(name, lambda cfg=cfg, chunk=chunk, var_cfg=var_cfg: varlib_variant(
+                var_cfg, prof.tokenizer, cfg, batch, device, chunk), device, batch * L, flops_token, args.warmup,
+                args.steps, profile_dir, barrier, key=f"d{depth}-{slug(name)}")
+            if "s_per_step" in rec:
+                rec["steps_per_s"] = 1 / rec["s_per_step"]
+            rows.append(dict(depth=depth, **rec))
+    if barrier is None:
+        say(study_table(rows))
+    return dict(profile=args.study_profile, config=dict(batch=batch, scales=prof.var.scales, num_tokens=L,
+                                                        vocab_size=prof.var.vocab_size, steps=args.steps,
+                                                        warmup=args.warmup), rows=rows)
+
+
+def study_table(rows: list[dict]) -> str:
+    lines = [f"{'depth':>5}  {'variant':24s} {'steps/s':>8}  {'GPU busy':>8}  {'warm-up s':>9}"]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"{'d' + str(r['depth']):>5}  {r['name']:24s} FAILED: {r['error'][:200]}")
+            continue
+        busy = f"{r['gpu_busy']:.0%}" if r.get("gpu_busy") is not None else "-"
+        lines.append(f"{'d' + str(r['depth']):>5}  {r['name']:24s} {r['steps_per_s']:8.1f}  {busy:>8}  "
+                     f"{r['warmup_s']:9.1f}")
+    return "\n".join(lines)
+
+
+def packed(args) -> dict:
+    """--processes K: K processes of the --study-profile measurement at once on this device (K models trained
+    together), each timing its steps after the file barrier; per variant, each one's steps/s, their sum, and all
+    their steps over the span from the first process's start to the last one's end."""
+    K = args.processes
+    if K < 1:
+        raise SystemExit(f"--processes {K}: give the number of processes to run at once, >= 1")
+    with tempfile.TemporaryDirectory(prefix="bench_train_packed_") as tmp:
+        folder, procs = Path(tmp), []
+        for rank in range(K):
+            cmd = [sys.executable, str(Path(__file__).resolve()), "--study-profile", args.study_profile,
+                   "--variants", args.variants or ",".join(STUDY_VARIANTS), "--warmup", str(args.warmup),
+                   "--steps", str(args.steps), "--device", args.device, "--processes", str(K),
+                   "--packed-rank", str(rank), "--packed-dir", tmp, "--out", str(folder / f"rank{rank}.json")]
+            if args.depths:
+                cmd += ["--depths", ",".join(map(str, args.depths))]
+            if args.batch:
+                cmd += ["--batch", str(args.batch)]
+            with open(folder / f"rank{rank}.log", "w") as log:
+                procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT))
+        for rank, proc in enumerate(procs):
+            if proc.wait() != 0:
+                tail = (folder / f"rank{rank}.log").read_text()[-3000:]
+                raise SystemExit(f"packed process {rank} failed (exit {proc.returncode}):\n{tail}")
+        children = [json.loads((folder / f"rank{rank}.json").read_text()) for rank in range(K)]
+    rows = []
+    for i, first in enumerate(children[0]["rows"]):
+        recs = [child["rows"][i] for child in children]
+        row = dict(depth=first["depth"], name=first["name"], processes=K)
+        errors = [r["error"] for r in recs if "error" in r]
+        if errors:
+            rows.append(dict(row, error=errors[0]))
+            continue
+        span = max(r["timed_to"] for r in recs) - min(r["timed_from"] for r in recs)
+        each = [r["steps_per_s"] for r in recs]
+        rows.append(dict(row, params=first["params"], steps_per_s_each=each, steps_per_s_sum=sum(each),
+                         steps_per_s_span=K * args.steps / span))
+    lines = [f"{'depth':>5}  {'variant':24s} {'K':>2}  {'sum steps/s':>11}  {'span steps/s':>12}  each"]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"{'d' + str(r['depth']):>5}  {r['name']:24s} {K:2d}  FAILED: {r['error'][:200]}")
+        else:
+            lines.append(f"{'d' + str(r['depth']):>5}  {r['name']:24s} {K:2d}  {r['steps_per_s_sum']:11.1f}  "
+                         f"{r['steps_per_s_span']:12.1f}  {' '.join(f'{x:.1f}' for x in r['steps_per_s_each'])}")
+    print("\n".join(lines), flush=True)
+    return dict(profile=args.study_profile, config=dict(children[0]["config"], processes=K), rows=rows,
+                processes=children)
 
 
 def cpu_profile_times(args) -> dict:
@@ -232,6 +408,16 @@ def scaling(paths: list[str]) -> dict:
     return dict(files=paths, rows=rows)
 
 
+def depth_list(text: str) -> tuple[int, ...]:
+    try:
+        depths = tuple(int(d) for d in text.split(","))
+    except ValueError:
+        depths = ()
+    if not depths or min(depths) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of depths >= 1, e.g. 2,6,10")
+    return depths
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--authors-dir", default=".authors/VAR",
@@ -242,13 +428,21 @@ def main() -> None:
     parser.add_argument("--batch", type=int, help="default: 96 (GPU), the profile's (--cpu-profile)")
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--variants", default=",".join(VARLIB_VARIANTS + AUTHORS_VARIANTS),
-                        help="comma-separated names of the variants to run")
+    parser.add_argument("--variants", help=f"comma-separated names of the variants to run (default: all; with "
+                                           f"--study-profile: {','.join(STUDY_VARIANTS)})")
     parser.add_argument("--profile-dir", help="write a profiler table of each variant's step here")
     parser.add_argument("--quick", action="store_true", help="a tiny model, two timed steps (CPU smoke test)")
     parser.add_argument("--cpu-profile", help="instead: time the training of every depth of this profile on the CPU")
     parser.add_argument("--train-steps", type=int, help="--cpu-profile: project this many steps, one evaluation")
     parser.add_argument("--test-sequences", type=int, help="--cpu-profile: evaluate on this many test sequences")
+    parser.add_argument("--study-profile", choices=["smoke", "quick", "full"],
+                        help="instead: steps/s of this profile's own models (its VARConfig, batch and tokenizer)")
+    parser.add_argument("--depths", type=depth_list, help="--study-profile: e.g. 2,6,10 (default: the profile's "
+                                                          "scaling depths)")
+    parser.add_argument("--processes", type=int, help="--study-profile: run K processes of it at once on the device "
+                                                      "(packed trainings) and sum their steps/s")
+    parser.add_argument("--packed-rank", type=int, help=argparse.SUPPRESS)  # a process started by --processes
+    parser.add_argument("--packed-dir", help=argparse.SUPPRESS)
     parser.add_argument("--scaling", nargs="+", metavar="JSON",
                         help="instead: the scaling efficiency of earlier runs (one of them with one process)")
     args = parser.parse_args()
@@ -259,8 +453,15 @@ def main() -> None:
         args.warmup, args.steps = 1, 2
     if args.device.startswith("cuda"):
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True  # as the authors' trainer
+    child = args.packed_rank is not None
     if args.scaling:
         out = scaling(args.scaling)
+    elif args.study_profile and child:
+        out = study_profile(args, FileBarrier(Path(args.packed_dir), args.processes, args.packed_rank))
+    elif args.study_profile and args.processes is not None:
+        out = packed(args)
+    elif args.study_profile:
+        out = study_profile(args)
     elif args.cpu_profile:
         out = cpu_profile_times(args)
     else:
@@ -271,6 +472,7 @@ def main() -> None:
     if args.out and rank == 0:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
+    if args.out and rank == 0 and not child:  # a packed process's JSON goes into its parent's, with its provenance
         write_provenance(Path(args.out).parent, provenance("bench_train", vars(args), args.device, None,
                                                            time.perf_counter() - started, [Path(args.out).name]))
         print(f"wrote {args.out}")

@@ -38,6 +38,26 @@ def test_bench_train_quick(tmp_path):
     assert row["mfu"] == pytest.approx(row["tokens_per_s"] * cfg["flops_per_token"] / PEAK_FLOPS)
 
 
+def test_bench_train_study_profile_and_packed_processes(tmp_path):
+    """--study-profile times the profile's own models per depth and variant (the graph variant needs CUDA: on the CPU
+    it is recorded as failed, with the reason); --processes 2 runs two of those measurements at once and sums them."""
+    common = ["benchmarks/bench_train.py", "--study-profile", "smoke", "--depths", "1", "--warmup", "1", "--steps",
+              "2", "--device", "cpu"]
+    run_script(*common, "--variants", "varlib eager,varlib graph", "--out", str(tmp_path / "study.json"))
+    study = json.loads((tmp_path / "study.json").read_text())
+    eager, graph = study["rows"]
+    assert (eager["depth"], eager["name"]) == (1, "varlib eager") and eager["steps_per_s"] > 0
+    assert graph["name"] == "varlib graph" and "needs a CUDA device" in graph["error"]
+    assert study["config"]["batch"] == 32 and (tmp_path / "provenance.json").is_file()
+
+    run_script(*common, "--variants", "varlib eager", "--processes", "2", "--out", str(tmp_path / "packed.json"))
+    packed = json.loads((tmp_path / "packed.json").read_text())
+    (row,) = packed["rows"]
+    assert row["processes"] == 2 and len(row["steps_per_s_each"]) == 2 and len(packed["processes"]) == 2
+    assert row["steps_per_s_sum"] == pytest.approx(sum(row["steps_per_s_each"]))
+    assert 0 < row["steps_per_s_span"] <= row["steps_per_s_sum"] * 1.01  # the span covers every process's steps
+
+
 def test_bench_sampler_quick(tmp_path):
     """The quick run asks for --mode overlap, which needs CUDA: on the CPU it says so and runs eager."""
     out = tmp_path / "bench_sampler.json"

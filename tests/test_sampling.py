@@ -9,7 +9,7 @@ import torch
 from helpers import randomised
 
 from varlib import fast_sampling, sampling
-from varlib.config import SampleConfig, TokenizerConfig, VARConfig
+from varlib.config import SampleConfig, TokenizerConfig, VARConfig, get_profile
 from varlib.data import to_uint8
 from varlib.fast_sampling import VARSampler
 from varlib.sampling import (
@@ -19,6 +19,7 @@ from varlib.sampling import (
     sample_var_reference,
     top_k_top_p,
 )
+from varlib.study import Study
 from varlib.tokenizer import VQVAE
 from varlib.transformer import VAR, ARTransformer
 
@@ -169,6 +170,56 @@ def test_fast_sample_many_keeps_the_batches_and_streams_of_sample_many(var_pair)
         assert torch.equal(tokens[rows], torch.cat(idx_Bl, dim=1).cpu())
         assert torch.equal(images[rows], to_uint8(images_B).cpu())
     assert tokens.device.type == images.device.type == "cpu" and images.dtype == torch.uint8
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU (run on the device machine)")
+def test_fast_sample_many_samples_the_next_token_ars_through_ar_sampler(ar_pair):
+    """fast_sampling.sample_many of an ARTransformer = ARSampler per batch of batch_size, batch i with
+    batch_generator(seed, i) (as for VAR above, a first run compiles the decoder for both batch sizes)."""
+    model, vae = (copy.deepcopy(m).cuda() for m in ar_pair)
+    labels = torch.tensor([3, 3, 1, 0, 2])
+    for _ in range(2):
+        tokens, images = fast_sampling.sample_many(model, vae, labels, SC, batch_size=2, seed=7)
+    sampler = fast_sampling.ARSampler(model, vae)
+    for i, rows in enumerate(torch.arange(5).split(2)):
+        idx_Bl, images_B = sampler(labels[rows], SC, batch_generator(7, i, "cuda"))
+        assert torch.equal(tokens[rows], torch.cat(idx_Bl, dim=1).cpu())
+        assert torch.equal(images[rows], to_uint8(images_B).cpu())
+    assert tokens.shape == (5, model.L) and images.dtype == torch.uint8 and images.device.type == "cpu"
+
+
+def study_on(device: str) -> Study:
+    """A Study whose transformers know the 5 classes of the tiny models here (sampling reads nothing else of it)."""
+    return Study(get_profile("smoke", num_classes=5), device, seed=4, classes=tuple("abcde"), progress=False)
+
+
+@pytest.mark.parametrize("pair", ["var_pair", "ar_pair"])
+def test_study_sample_off_the_gpu_is_the_plain_loop(pair, request):
+    """Study.sample on the CPU: sampling.sample_many with the seed of the study's sample stream."""
+    model, vae = request.getfixturevalue(pair)
+    study, labels = study_on("cpu"), torch.tensor([3, 3, 1, 0, 2])
+    tokens, images = study.sample(model, vae, labels, SC, stream=1, batch_size=2)
+    expected = sample_many(model, vae, labels, SC, batch_size=2, seed=study.sampling_seed(1))
+    assert torch.equal(tokens, expected[0]) and torch.equal(images, expected[1])
+    assert images.dtype == torch.uint8 and tokens.shape == (5, model.L)
+    assert not torch.equal(study.sample(model, vae, labels, SC, stream=2, batch_size=2)[0], tokens)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU (run on the device machine)")
+@pytest.mark.parametrize("pair", ["var_pair", "ar_pair"])
+def test_study_sample_on_a_gpu_takes_the_graphed_samplers(pair, request):
+    """Study.sample of a model on the GPU: fast_sampling.sample_many (VARSampler, ARSampler; held equal above to their
+    one-batch calls, and those to the compiled loops) with the seed of the study's sample stream; the outputs of
+    the plain loop in kind (int64 tokens and uint8 images, on the CPU). One batch size, and a first call that
+    compiles the decoder for it, so that both calls below replay the same compiled code."""
+    model, vae = (copy.deepcopy(m).cuda() for m in request.getfixturevalue(pair))
+    study, labels = study_on("cuda"), torch.tensor([3, 3, 1, 0, 2, 4])
+    fast_sampling.sample_many(model, vae, labels, SC, batch_size=3, seed=0)
+    tokens, images = study.sample(model, vae, labels, SC, stream=1, batch_size=3)
+    expected = fast_sampling.sample_many(model, vae, labels, SC, batch_size=3, seed=study.sampling_seed(1))
+    assert torch.equal(tokens, expected[0]) and torch.equal(images, expected[1])
+    plain = sample_many(model, vae, labels, SC, batch_size=3, seed=study.sampling_seed(1))
+    assert [(t.dtype, t.shape, t.device) for t in (tokens, images)] == [(t.dtype, t.shape, t.device) for t in plain]
 
 
 def test_graphed_sampler_needs_a_gpu(var_pair):

@@ -17,7 +17,7 @@ from varlib.cli import train_main
 from varlib.config import DataConfig, TokenizerConfig, TokenizerTrainConfig, TrainConfig, VARConfig, get_profile
 from varlib.data import load_split
 from varlib.study import Study
-from varlib.tokenizer import VQVAE, split_scales
+from varlib.tokenizer import VQVAE, frozen, split_scales
 from varlib.transformer import build_model, teacher_forcing_input
 
 DATA = DataConfig(limit_train=256, limit_test=128)
@@ -380,3 +380,134 @@ def test_token_sets_that_do_not_match_are_refused(tokens):
     other = {"idx": tokens_train["idx"], "labels": tokens_train["labels"].roll(1)}
     with pytest.raises(ValueError, match="training token set 1 .* does not hold the images of set 0"):
         train.train_model(VAR_CFG, two, vae, [tokens_train, other], tokens_test, "cpu", progress=False)
+
+
+
+# ----------------------------------------------------------------------------------------------- the captured step
+
+GRAPH_TRAIN = TrainConfig(batch_size=32, lr_scale=30.0)
+GRAPH_LR_FACTORS = (1.0, 0.0, 4.0, 2.0, 1.0, 0.5)  # x GRAPH_TRAIN.lr: a step at lr 0, and rates the capture never saw
+CUDA_GRAPHS = pytest.mark.skipif(not torch.cuda.is_available(),
+                                 reason="CUDA graphs need a GPU (run on the device machine)")
+
+
+def graphed_case(dropout: bool, device: str, cfg: TrainConfig, scales: tuple[int, ...] = TOK.scales):
+    """A depth-2 VAR over `scales` (one scale: the raster AR), without dropout or with drop-path 0.3 and class dropout
+    0.5 (so that the masks change every gradient), and an untrained frozen tokenizer of those scales (its codebook
+    builds the inputs), both seeded; and their TrainStep."""
+    var_cfg = dataclasses.replace(VAR_CFG, depth=2, scales=scales, drop_path_rate=0.3 if dropout else 0.0,
+                                  cond_drop_rate=0.5 if dropout else 0.0)
+    torch.manual_seed(0)
+    model = build_model(var_cfg).to(device).train()
+    vae = frozen(VQVAE(dataclasses.replace(TOK, scales=scales))).to(device)
+    return model, train.TrainStep(model, vae, cfg, torch.device(device))
+
+
+def fixed_batches(batch_size: int, device: str, num_tokens: int = TOK.num_tokens):
+    gen = torch.Generator().manual_seed(0)
+    return [(torch.randint(10, (batch_size,), generator=gen).to(device),
+             torch.randint(TOK.vocab_size, (batch_size, num_tokens), generator=gen).to(torch.int16).to(device))
+            for _ in GRAPH_LR_FACTORS]
+
+
+def train_fixed_batches(dropout: bool, device: str, cfg: TrainConfig, first_seed: int = 100,
+                        scales: tuple[int, ...] = TOK.scales):
+    """(losses, final parameters, initial parameters) of six steps on fixed random batches at the rates
+    GRAPH_LR_FACTORS x cfg.lr, each step seeded as `train_model` seeds them (`torch.manual_seed` before the step)."""
+    model, step = graphed_case(dropout, device, cfg, scales)
+    initial = [p.detach().cpu().clone() for p in model.parameters()]
+    losses = []
+    batches = fixed_batches(cfg.batch_size, device, model.L)
+    for k, ((label_B, idx_BL), factor) in enumerate(zip(batches, GRAPH_LR_FACTORS, strict=True)):
+        torch.manual_seed(first_seed + k)
+        losses.append(step(label_B, idx_BL, cfg.lr * factor)[0])
+    return torch.stack(losses).cpu(), [p.detach().cpu().clone() for p in model.parameters()], initial
+
+
+def relative_distance(params_a, params_b, initial) -> float:
+    """|params_a - params_b| / |params_a - initial| over all parameters: how far apart two runs end, as a share of how
+    far training moved them."""
+    apart = sum(float((a - b).double().square().sum()) for a, b in zip(params_a, params_b, strict=True))
+    moved = sum(float((a - p).double().square().sum()) for a, p in zip(params_a, initial, strict=True))
+    return (apart / moved) ** 0.5
+
+
+def assert_same_training(a, b):
+    """Two runs of `train_fixed_batches` trained alike.
+
+    AdamW moves every parameter by about the learning rate whatever the size of its gradient, so a step that differs
+    (another batch, another rate, other dropout masks) moves the parameters differently by a good share of the whole
+    update: measured on the CPU, other dropout masks end 1.07 of it apart, one step of six at 1.5x the rate 0.29, all
+    six at 1.03x the rate 0.04. Between equal steps on a GPU only rounding differs: bf16 autocast, and atomics in the
+    attention backward, which leave gradients equal to ~1e-6 relative (a float32 learning rate in place of a double
+    moved the CPU runs 1e-6 apart). Hence 1e-2 of the update. The losses, near log V = 3.47 from the near-identity
+    init, move little (one step at 1.5x the rate: 7e-4): a sanity check at 1e-3."""
+    (losses_a, params_a, initial), (losses_b, params_b, _) = a, b
+    torch.testing.assert_close(losses_a, losses_b, rtol=1e-3, atol=0)
+    assert relative_distance(params_a, params_b, initial) < 1e-2
+
+
+@CUDA_GRAPHS
+@pytest.mark.parametrize("dropout, scales", [(False, TOK.scales), (True, TOK.scales), (True, (8,))],
+                         ids=["VAR", "VAR-dropout", "raster-AR-dropout"])
+def test_graphed_step_equals_the_eager_step(dropout, scales):
+    """The captured step (one CUDA graph, replayed) trains as the eager step: the same losses and parameters after six
+    steps at changing learning rates. With dropout on as well: each replay draws from the default CUDA generator as
+    seeded before it (the capture registers the generator), so it draws the eager step's masks; other seeds draw
+    other masks, which the comparison sees."""
+    graph_cfg = dataclasses.replace(GRAPH_TRAIN, cuda_graph=True)
+    graphed = train_fixed_batches(dropout, "cuda", graph_cfg, scales=scales)
+    assert_same_training(train_fixed_batches(dropout, "cuda", GRAPH_TRAIN, scales=scales), graphed)
+    if dropout:
+        reseeded = train_fixed_batches(dropout, "cuda", graph_cfg, first_seed=200, scales=scales)
+        assert relative_distance(graphed[1], reseeded[1], graphed[2]) > 0.1
+
+
+@CUDA_GRAPHS
+@pytest.mark.parametrize("dropout", [False, True], ids=["VAR", "VAR-dropout"])
+def test_compiled_graphed_step_equals_the_compiled_step(dropout):
+    """compile and cuda_graph together (Inductor's kernels of the step, captured) train as the compiled step; with
+    dropout too: Inductor draws its seeds from the default CUDA generator inside the graph."""
+    compiled = dataclasses.replace(GRAPH_TRAIN, compile=True)
+    assert_same_training(train_fixed_batches(dropout, "cuda", compiled),
+                         train_fixed_batches(dropout, "cuda", dataclasses.replace(compiled, cuda_graph=True)))
+
+
+@CUDA_GRAPHS
+def test_graph_replays_follow_the_learning_rate_and_keep_their_shapes():
+    """The rate is a device tensor filled before each replay: a replay at lr 0 leaves every parameter as it was, a
+    replay at another rate than the capture's moves the parameters as the eager step at that rate does."""
+    (model, step), (eager_model, eager_step) = (graphed_case(False, "cuda", cfg) for cfg in (
+        dataclasses.replace(GRAPH_TRAIN, cuda_graph=True), GRAPH_TRAIN))
+    initial = [p.detach().cpu().clone() for p in model.parameters()]
+    for k, ((label_B, idx_BL), factor) in enumerate(zip(fixed_batches(32, "cuda"), (1.0, 0.0, 3.0), strict=False)):
+        before = [p.detach().clone() for p in model.parameters()]
+        for train_step in (step, eager_step):
+            torch.manual_seed(k)
+            train_step(label_B, idx_BL, GRAPH_TRAIN.lr * factor)
+        unchanged = all(torch.equal(p, q) for p, q in zip(before, model.parameters(), strict=True))
+        assert unchanged == (factor == 0.0), factor
+    params, eager_params = ([p.detach().cpu() for p in m.parameters()] for m in (model, eager_model))
+    assert relative_distance(params, eager_params, initial) < 1e-2
+    with pytest.raises(ValueError, match="captured for labels"):
+        step(label_B[:16], idx_BL[:16], GRAPH_TRAIN.lr)
+
+
+def test_the_captured_step_is_refused_where_it_cannot_run():
+    """cuda_graph on the CPU, with the chunked head, or under DDP: a ValueError naming the setting (no fallback)."""
+    graph_cfg = dataclasses.replace(GRAPH_TRAIN, cuda_graph=True)
+    model = build_model(VAR_CFG)
+    vae = frozen(VQVAE(TOK))
+    for kwargs, message in [({}, "needs a CUDA device"), ({"chunk": 16}, "chunked head"),
+                            ({"world": 2}, "DistributedDataParallel")]:
+        with pytest.raises(ValueError, match=f"TrainConfig.cuda_graph = True.*{message}"):
+            train.TrainStep(model, vae, graph_cfg, torch.device("cpu"), **kwargs)
+
+
+def test_the_captured_step_shares_the_eager_steps_artifact():
+    """cuda_graph changes how a model trains, not what: it is left out of the cache key, whole, so that models cached
+    before the switch existed keep their keys."""
+    study = tiny_study()
+    assert study.transformer_key(VAR_CFG, dataclasses.replace(TRAIN, cuda_graph=True)) == study.transformer_key(
+        VAR_CFG, TRAIN)
+    assert "cuda_graph" not in study._transformer_spec(VAR_CFG, TRAIN, TOK)["train"]

@@ -4,7 +4,8 @@ torch-fidelity's Inception-v3 weights cannot be downloaded offline, so FID, KID 
 this classifier's penultimate features and IS on its logits (`metrics.generation_metrics`); it also scores
 class-conditional samples (`class_consistency`). `Study.classifier` caches it as artifact kind "classifier":
 `train_classifier` returns the payload (plain values and tensors, stored with weights_only=True) and
-`classifier_from_artifact` turns a stored payload into a `Classifier`.
+`classifier_from_artifact` turns a stored payload into a `Classifier`. Its features are also the tokenizer's default
+perceptual loss (`PerceptualDistance`), where LPIPS's ImageNet backbone is not at hand.
 """
 
 from __future__ import annotations
@@ -71,6 +72,39 @@ class ResNetClassifier(nn.Module):
 
     def forward(self, x_BCHW: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x_BCHW))
+
+
+class PerceptualDistance(nn.Module):
+    """A perceptual distance on the classifier's features, computed as LPIPS (Zhang et al. 2018, Eq. 1) computes it
+    on an ImageNet network's, without its learned linear heads (they weigh AlexNet's channels, not these): the
+    activations of the stem and of every residual block, each unit-normalised over channels at every position,
+    their squared difference summed over channels and averaged over positions, then averaged over the layers.
+    forward(x, y) gives one distance per image, (B,), in [0, 4], for images in [-1, 1].
+
+    The network is frozen and stays in eval mode, so BatchNorm keeps its running statistics whatever mode the
+    caller sets; gradients reach the images."""
+
+    def __init__(self, model: ResNetClassifier):
+        super().__init__()
+        self.model = model.eval().requires_grad_(False)
+
+    def train(self, mode: bool = True) -> PerceptualDistance:
+        return super().train(False)
+
+    def layers(self, x_BCHW: torch.Tensor) -> list[torch.Tensor]:
+        """The compared activations: the stem's output and each block's, channels unit-normalised per position."""
+        h = self.model.stem(x_BCHW)
+        out = [h]
+        for block in self.model.blocks:
+            h = block(h)
+            out.append(h)
+        # F.normalize clamps the norm, so positions where every channel is 0 after the ReLU get gradient 0, not nan
+        return [F.normalize(h, dim=1, eps=1e-10) for h in out]
+
+    def forward(self, x_BCHW: torch.Tensor, y_BCHW: torch.Tensor) -> torch.Tensor:
+        per_layer = [(fx - fy).pow(2).sum(1).mean((1, 2))
+                     for fx, fy in zip(self.layers(x_BCHW), self.layers(y_BCHW), strict=True)]
+        return torch.stack(per_layer).mean(0)
 
 
 def model_from_payload(payload: dict) -> ResNetClassifier:

@@ -92,15 +92,31 @@ class TokenizerConfig:
         )
 
 
+PERCEPTUAL_TERMS = ("classifier", "lpips", "none")
+
+
 @dataclass(frozen=True)
 class TokenizerTrainConfig:
+    """Tokenizer training. The loss is L2 + VQ + lpips_weight * a perceptual term + gan_weight * GAN, as the paper's
+    recipe (L2, LPIPS, GAN); `perceptual` says which term:
+
+      "classifier"  the perceptual distance on the study's own classifier features (`classifier.PerceptualDistance`):
+                    works offline, the default
+      "lpips"       LPIPS (AlexNet) on ImageNet features; `lpips_backbone` is the path to torchvision's AlexNet
+                    weights file (alexnet-owt-7be5be79.pth, from download.pytorch.org/models/); a missing file stops
+                    before any training
+      "none"        no perceptual term (L2 + VQ + GAN)
+    """
+
     steps: int = 3000
     batch_size: int = 128
     lr: float = 3e-4
     betas: tuple[float, float] = (0.5, 0.9)
     weight_decay: float = 0.0
     grad_clip: float = 10.0
-    lpips_weight: float = 0.5  # used only when the LPIPS backbone weights exist locally
+    perceptual: str = "classifier"  # which perceptual term: "classifier" | "lpips" | "none" (see above)
+    lpips_weight: float = 0.5  # the perceptual term's weight, LPIPS's or the classifier's; 0 switches it off
+    lpips_backbone: str | None = None  # perceptual="lpips": path to torchvision's AlexNet weights file
     gan_weight: float = 0.1  # hinge GAN with a PatchGAN discriminator; 0 disables it
     gan_start: float = 0.5  # fraction of the steps before the discriminator is switched on
     restart_dead_codes_every: int = 200  # steps; 0 disables codebook restarts
@@ -111,6 +127,20 @@ class TokenizerTrainConfig:
         _positive_int(self, "steps", "batch_size")
         _seed(self)
         _require(self, self.lr > 0, "lr", "must be > 0")
+        _require(self, self.perceptual in PERCEPTUAL_TERMS, "perceptual", f"must be one of {PERCEPTUAL_TERMS}")
+        _require(self, self.lpips_weight >= 0, "lpips_weight", "must be >= 0 (0 switches the perceptual term off)")
+        if self.perceptual == "lpips":
+            _require(self, bool(self.lpips_backbone), "lpips_backbone", "perceptual='lpips' needs the path to "
+                     "torchvision's AlexNet weights file (alexnet-owt-7be5be79.pth); without it use "
+                     "perceptual='classifier'")
+        else:
+            _require(self, self.lpips_backbone is None, "lpips_backbone", f"is read only with perceptual='lpips', "
+                     f"not {self.perceptual!r}; set perceptual='lpips' or leave it None")
+
+    @property
+    def perceptual_term(self) -> str:
+        """The perceptual term in the loss: `perceptual`, or "none" when its weight is 0."""
+        return self.perceptual if self.lpips_weight > 0 else "none"
 
 
 @dataclass(frozen=True)
@@ -197,6 +227,9 @@ class TrainConfig:
     eval_every: int = 500
     seed: int = 0
     compile: bool = False  # torch.compile the training step (GPU)
+    # capture the whole step (input, forward, backward, clip, AdamW) in one CUDA graph and replay it, compiled or
+    # not (CUDA only, one process; see train.TrainStep): for the small, host-bound models of the 32 px study
+    cuda_graph: bool = False
 
     def __post_init__(self):
         _positive_int(self, "steps", "batch_size", "eval_every", "token_sets")

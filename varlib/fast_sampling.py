@@ -4,7 +4,8 @@
 `GraphedSteps` in place of `CachedSteps`, and decodes with the compiled decoder; tests/test_sampling.py holds its
 tokens and images equal to `sample_var(compile=True)` on a GPU. `VARSampler.many` is its throughput mode over many
 batches (the decoder of one batch on a second stream while the next batch draws its tokens), held equal to one-batch
-calls; `sample_many` is `varlib.sampling.sample_many` through it.
+calls; `sample_many` is `varlib.sampling.sample_many` through it (and through `ARSampler`, the same engine for the
+next-token ARs), which `Study.sample` takes on a GPU.
 """
 
 from __future__ import annotations
@@ -243,10 +244,11 @@ def hand_over(idx_Bl: list[torch.Tensor], images: torch.Tensor, decoded: torch.c
 
 
 @torch.no_grad()
-def sample_many(model: VAR, vae, labels, sample_cfg: SampleConfig, batch_size: int,
+def sample_many(model: VAR | ARTransformer, vae, labels, sample_cfg: SampleConfig, batch_size: int,
                 seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """`varlib.sampling.sample_many` for VAR on a GPU, through `VARSampler.many`: the same batches and generator
-    streams (`batch_generator(seed, i)`), the tokens of `VARSampler` (those of `sample_var(compile=True)`).
+    """`varlib.sampling.sample_many` on a GPU, through the `many` of `VARSampler` (VAR: the tokens of
+    `sample_var(compile=True)`) or of `ARSampler` (the next-token ARs: the tokens of the plain token loop over the
+    compiled blocks): the same batches and generator streams (`batch_generator(seed, i)`).
 
     Returns (tokens (N, L) int64, images (N, C, H, W) uint8), both on the CPU. The graphs are captured for
     `batch_size` rows (and once more for a shorter last batch) and released at the end."""
@@ -254,7 +256,7 @@ def sample_many(model: VAR, vae, labels, sample_cfg: SampleConfig, batch_size: i
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     check_sampling_args(model, labels_N, sample_cfg)
-    sampler = VARSampler(model, vae)
+    sampler = ARSampler(model, vae) if isinstance(model, ARTransformer) else VARSampler(model, vae)
     batches = labels_N.split(batch_size)
     generators = (batch_generator(seed, i, labels_N.device) for i in range(len(batches)))
     tokens, images = [], []

@@ -22,6 +22,7 @@ import functools
 import hashlib
 import logging
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -113,18 +114,48 @@ def ssim(x: torch.Tensor, y: torch.Tensor, window: int = 11, sigma: float = 1.5)
     return s.flatten(1).mean(1).float()
 
 
-def load_lpips(net: str = "alex", device: torch.device | str = "cpu") -> nn.Module | None:
-    """LPIPS (Zhang et al. 2018) with its ImageNet backbone, or None when the backbone's weights are not in torch's
-    hub cache: offline they cannot be downloaded, and a random backbone is not a perceptual metric."""
+def load_lpips(net: str = "alex", device: torch.device | str = "cpu",
+               weights: str | Path | None = None) -> nn.Module | None:
+    """LPIPS (Zhang et al. 2018) on its ImageNet backbone, frozen, read from `weights` (torchvision's file for `net`,
+    e.g. alexnet-owt-7be5be79.pth) or else from torch's hub cache; nothing is downloaded (offline it cannot be, and a
+    random backbone is not a perceptual metric). Without `weights`, a backbone missing from the hub cache gives None
+    (logged once): the optional evaluation metric is skipped. A given `weights` file that is missing is an error
+    (FileNotFoundError naming it): tokenizer training with perceptual="lpips" never drops its term."""
     if net not in LPIPS_BACKBONES:
         raise ValueError(f"LPIPS net must be one of {sorted(LPIPS_BACKBONES)}, got {net!r}")
-    weights = Path(torch.hub.get_dir()) / "checkpoints" / LPIPS_BACKBONES[net]
-    if not weights.is_file():
-        _log_once(f"LPIPS skipped: the {net} backbone weights are not at {weights} (copy them there to enable LPIPS)")
-        return None
+    if weights is not None:
+        path = Path(weights).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: the LPIPS {net} backbone weights are not there; put torchvision's "
+                                    f"{LPIPS_BACKBONES[net]} (https://download.pytorch.org/models/) at that path, or "
+                                    "train the tokenizer with perceptual='classifier'")
+    else:
+        path = Path(torch.hub.get_dir()) / "checkpoints" / LPIPS_BACKBONES[net]
+        if not path.is_file():
+            _log_once(f"LPIPS skipped: the {net} backbone weights are not at {path} (copy them there to enable LPIPS)")
+            return None
     import lpips  # imported only here: it is needed only when its backbone weights exist
 
-    return lpips.LPIPS(net=net, verbose=False).to(device).eval().requires_grad_(False)
+    with warnings.catch_warnings():  # lpips builds its random backbone through torchvision's deprecated arguments
+        warnings.filterwarnings("ignore", message=".*(pretrained|weight enum).*", category=UserWarning)
+        model = lpips.LPIPS(net=net, pnet_rand=True, verbose=False)  # its linear heads ship with the package
+    _load_backbone(model.net, torch.load(path, map_location="cpu", weights_only=True), path)
+    return model.to(device).eval().requires_grad_(False)
+
+
+def _load_backbone(net: nn.Module, state: dict, path: Path) -> None:
+    """Copy torchvision's `features.<i>.*` tensors into LPIPS's slices, which hold those same layers as
+    `slice<s>.<i>.*`; ValueError naming the file when some are missing."""
+    slice_of = {i: name for name, block in net.named_children() for i, _ in block.named_children()}
+    backbone = {}
+    for key, value in state.items():
+        head, i, rest = (key.split(".", 2) + ["", ""])[:3]
+        if head == "features" and i in slice_of:
+            backbone[f"{slice_of[i]}.{i}.{rest}"] = value
+    try:
+        net.load_state_dict(backbone)
+    except RuntimeError as e:
+        raise ValueError(f"{path}: not torchvision's weights for the LPIPS {type(net).__name__} backbone ({e})") from e
 
 
 @torch.no_grad()

@@ -330,7 +330,9 @@ def sample_many(model: VAR | ARTransformer, vae, labels, sample_cfg: SampleConfi
                 seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Samples for every label in `labels`, `batch_size` at a time, each batch with its own generator stream.
 
-    Returns (tokens (N, L) int64, images (N, C, H, W) uint8), both on the CPU, for evaluation (FID wants uint8)."""
+    Returns (tokens (N, L) int64, images (N, C, H, W) uint8), both on the CPU, for evaluation (FID wants uint8).
+    `Study.sample` calls this off the GPU, and on it `varlib.fast_sampling.sample_many` (the same batches and streams
+    through CUDA graphs)."""
     labels_N = labels_on(model, labels)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")

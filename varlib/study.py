@@ -8,9 +8,9 @@ classifier, caches each under a key it alone composes, and threads the seeds.
 
 What determines an artifact, and so its key:
   tokenizer    the dataset's identity (its content, `data.dataset_id`), the data config, the tokenizer config, its
-               training config with `tokenizer_seed`
+               training config with `tokenizer_seed`; with the classifier's perceptual term, the classifier's key
   tokens       the tokenizer's key, the data, the split; for an augmented training set also its index and recipe
-  transformer  its config, its training config with `seed` (compile left out: it changes how, not what), the data,
+  transformer  its config, its training config with `seed` (compile and cuda_graph left out: how, not what), the data,
                the tokenizer's key; with several token sets, their augmentation recipe
   classifier   the data, the architecture and recipe, its epochs and `classifier_seed`
 
@@ -33,11 +33,13 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from . import fast_sampling, sampling
 from .artifacts import TrainState, artifact_path, get_or_build, jsonable, key_of
 from .classifier import CLASSIFIER_RECIPE, CLASSIFIER_WIDTHS, Classifier, classifier_from_artifact, train_classifier
 from .config import (
     MultiScaleARConfig,
     Profile,
+    SampleConfig,
     TokenizerConfig,
     TokenizerTrainConfig,
     TrainConfig,
@@ -50,7 +52,7 @@ from .data import ImageDataset, dataset_classes, dataset_id, load_split
 from .device import resolve_device
 from .report import Report
 from .tokenizer import VQVAE, frozen, split_scales
-from .tokenizer_train import USAGE_IMAGES, encode_images, seeded_generator, train_tokenizer
+from .tokenizer_train import USAGE_IMAGES, encode_images, perceptual_loss, seeded_generator, train_tokenizer
 from .train import token_dtype, train_model
 from .transformer import VAR, ARTransformer, build_model
 
@@ -97,6 +99,18 @@ class Study:
         return Study(dataclasses.replace(self.profile, **profile_changes), self.device, self.seed,
                      tokenizer_seed=self.tokenizer_seed, classifier_seed=self.classifier_seed, classes=self.classes,
                      progress=self.progress)
+
+    def with_tokenizer_train(self, **changes: Any) -> Study:
+        """The same study with its tokenizers trained under changed `TokenizerTrainConfig` fields (e.g.
+        perceptual="none"); its token sets and transformers are those of these tokenizers. Shares the splits."""
+        other = self.replace(tokenizer_train=dataclasses.replace(self.profile.tokenizer_train, **changes))
+        other._splits = self._splits
+        return other
+
+    def perceptual_variants(self) -> dict[str, Study]:
+        """This study and the same one whose tokenizers train without the perceptual term, keyed by the term
+        (notebook 01 compares their tokenizers and one VAR on each: the claims protocol, item 1)."""
+        return {self.tokenizer_train_config.perceptual_term: self, "none": self.with_tokenizer_train(perceptual="none")}
 
     def for_seed(self, seed: int) -> Study:
         """The same study with another training/sampling seed: it shares the tokenizer, the classifier and the
@@ -183,7 +197,10 @@ class Study:
 
     # -------------------------------------------------------------------------------------------- tokenizer
     def _tokenizer_spec(self, tok_cfg: TokenizerConfig) -> dict:
-        return {"data": self._data_spec(), "tokenizer": tok_cfg, "train": self.tokenizer_train_config}
+        spec = {"data": self._data_spec(), "tokenizer": tok_cfg, "train": self.tokenizer_train_config}
+        if self.tokenizer_train_config.perceptual_term == "classifier":  # its features shape the loss
+            spec["classifier"] = self.classifier_key()
+        return spec
 
     def tokenizer_key(self, tok_cfg: TokenizerConfig | None = None) -> str:
         return key_of("tokenizer", self._tokenizer_spec(tok_cfg or self.profile.tokenizer))
@@ -196,15 +213,20 @@ class Study:
                              f"the data ({self.data.channels} channels, {self.data.resolution} px)")
         spec = self._tokenizer_spec(tok_cfg)
         resume = TrainState("tokenizer", spec)
+        train_cfg = self.tokenizer_train_config
 
         def build() -> dict:
+            term = train_cfg.perceptual_term  # its network first: a missing LPIPS backbone stops before training
+            perceptual = perceptual_loss(train_cfg, self.device, self.classifier() if term == "classifier" else None)
             t0 = time.perf_counter()
-            vae, history = train_tokenizer(self.split("train").images_u8, tok_cfg, self.tokenizer_train_config,
-                                           self.device, self.progress, resume=resume)
+            vae, history = train_tokenizer(self.split("train").images_u8, tok_cfg, train_cfg, self.device,
+                                           self.progress, perceptual=perceptual, resume=resume)
             train_seconds = time.perf_counter() - t0
             idx_NL = encode_images(frozen(vae), self.split("test").images_u8[:USAGE_IMAGES], self.device)
             return {"state_dict": {k: v.cpu() for k, v in vae.state_dict().items()},
                     "configs": jsonable(spec), "history": history.to_dict("list"),
+                    "perceptual": {"term": term, "weight": train_cfg.lpips_weight,
+                                   "classifier": spec.get("classifier"), "lpips_backbone": train_cfg.lpips_backbone},
                     "train_seconds": train_seconds,
                     "usage": vae.codebook_usage(idx_NL),
                     "usage_per_scale": [vae.codebook_usage(t) for t in split_scales(idx_NL, tok_cfg.scales)]}
@@ -233,9 +255,6 @@ class Study:
             raise ValueError(f"augmentation = {augmentation} of the {split!r} split: only the training split has "
                              f"augmented token sets; evaluation reads the images as they are (augmentation = 0)")
         tok_cfg = tok_cfg or self.profile.tokenizer
-        spec = {"tokenizer": self.tokenizer_key(tok_cfg), "data": self._data_spec(), "split": split}
-        if augmentation:
-            spec["augmentation"] = {"index": augmentation, **self.augmentation_spec()}
 
         def build() -> dict:
             images = self.split(split)
@@ -243,7 +262,16 @@ class Study:
             idx_NL = encode_images(self.tokenizer(tok_cfg), images_u8, self.device)
             return {"idx": idx_NL.to(token_dtype(tok_cfg.vocab_size)), "labels": images.labels.clone()}
 
-        return get_or_build("tokens", spec, build)
+        return get_or_build("tokens", self._tokens_spec(split, tok_cfg, augmentation), build)
+
+    def _tokens_spec(self, split: str, tok_cfg: TokenizerConfig, augmentation: int) -> dict:
+        spec = {"tokenizer": self.tokenizer_key(tok_cfg), "data": self._data_spec(), "split": split}
+        if augmentation:
+            spec["augmentation"] = {"index": augmentation, **self.augmentation_spec()}
+        return spec
+
+    def tokens_key(self, split: str, tok_cfg: TokenizerConfig | None = None, augmentation: int = 0) -> str:
+        return key_of("tokens", self._tokens_spec(split, tok_cfg or self.profile.tokenizer, augmentation))
 
     def training_tokens(self, train_cfg: TrainConfig | None = None,
                         tok_cfg: TokenizerConfig | None = None) -> list[dict]:
@@ -283,6 +311,7 @@ class Study:
     def _transformer_spec(self, var_cfg: VARConfig, train_cfg: TrainConfig, tok_cfg: TokenizerConfig) -> dict:
         spec = {"var": var_cfg, "train": jsonable(dataclasses.replace(train_cfg, compile=False)),
                 "data": self._data_spec(), "tokenizer": self.tokenizer_key(tok_cfg)}
+        del spec["train"]["cuda_graph"]  # how, not what, as compile; newer than the cached models, so left out whole
         if train_cfg.token_sets == 1:  # how every transformer trained before there were several: the same key
             del spec["train"]["token_sets"]
         else:  # the augmented sets' recipe determines the model as much as the training config does
@@ -320,14 +349,33 @@ class Study:
         model.load_state_dict(payload["model"])
         return model.to(self.device).eval(), pd.DataFrame(payload["history"])
 
+    # -------------------------------------------------------------------------------------------- sampling
+    def sample(self, model: VAR | ARTransformer, vae: VQVAE, labels, sample_cfg: SampleConfig, stream: int = 0,
+               batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+        """Samples for every label from sample stream `stream` (seed `sampling_seed(stream)`): (tokens (N, L) int64,
+        images (N, C, H, W) uint8), both on the CPU. On a GPU through the CUDA-graph samplers
+        (`fast_sampling.sample_many`: `VARSampler` for VAR, `ARSampler` for the next-token ARs), elsewhere the plain
+        loop (`sampling.sample_many`); batch i draws from `batch_generator(seed, i)` either way. Under the caller's
+        autocast, if any."""
+        seed = self.sampling_seed(stream)
+        if model.lvl_1L.device.type == "cuda":
+            return fast_sampling.sample_many(model, vae, labels, sample_cfg, batch_size, seed)
+        return sampling.sample_many(model, vae, labels, sample_cfg, batch_size, seed)
+
     # -------------------------------------------------------------------------------------------- classifier
+    def _classifier_spec(self) -> dict:
+        return {"data": self._data_spec(), "widths": CLASSIFIER_WIDTHS, "recipe": CLASSIFIER_RECIPE,
+                "epochs": self.profile.classifier_epochs, "seed": self.classifier_seed}
+
+    def classifier_key(self) -> str:
+        return key_of("classifier", self._classifier_spec())
+
     def classifier(self) -> Classifier:
-        """The feature classifier behind the generation metrics, trained on the training split on first use."""
-        epochs = self.profile.classifier_epochs
-        spec = {"data": self._data_spec(), "widths": CLASSIFIER_WIDTHS, "recipe": CLASSIFIER_RECIPE,
-                "epochs": epochs, "seed": self.classifier_seed}
+        """The feature classifier behind the generation metrics and the tokenizer's default perceptual term,
+        trained on the training split on first use."""
+        spec = self._classifier_spec()
         payload = get_or_build("classifier", spec, lambda: train_classifier(
-            self.split("train"), self.split("test"), epochs, self.device, self.classifier_seed))
+            self.split("train"), self.split("test"), spec["epochs"], self.device, self.classifier_seed))
         return classifier_from_artifact(artifact_path("classifier", spec), payload)
 
     # -------------------------------------------------------------------------------------------- outputs

@@ -2,9 +2,12 @@
 
 The authors released no tokenizer training code (their issues #5, #22, #28, #105 ask for it); this is a documented
 recipe in the VQGAN family: loss = L2 reconstruction + the multi-scale VQ loss (`MultiScaleQuantizer.forward`)
-+ lpips_weight * LPIPS (only with locally present backbone weights) + gan_weight * hinge GAN with a small PatchGAN
-discriminator switched on after gan_start * steps. Codes unused over a window of steps are restarted from recent
-quantizer inputs, against the codebook collapse at the coarse scales that users report (Infinity#80, VAR#54).
++ lpips_weight * a perceptual term + gan_weight * hinge GAN with a small PatchGAN discriminator switched on after
+gan_start * steps. The perceptual term (`TokenizerTrainConfig.perceptual`, built by `perceptual_loss`) is LPIPS when
+the user gives its AlexNet backbone's weights, else the distance on the study's classifier features
+(`classifier.PerceptualDistance`); it is never dropped silently, and the history's `perceptual` column records it.
+Codes unused over a window of steps are restarted from recent quantizer inputs, against the codebook collapse at the
+coarse scales that users report (Infinity#80, VAR#54).
 
 `train_tokenizer` is the loop; `Study.tokenizer` caches what it trains.
 """
@@ -23,7 +26,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .artifacts import TrainState
-from .classifier import Classifier
+from .classifier import Classifier, PerceptualDistance
 from .config import TokenizerConfig, TokenizerTrainConfig
 from .data import ImageDataset, to_float, to_uint8
 from .device import autocast
@@ -79,24 +82,59 @@ def hinge_d_loss(logits_real: torch.Tensor, logits_fake: torch.Tensor) -> torch.
     return F.relu(1 - logits_real).mean() + F.relu(1 + logits_fake).mean()
 
 
+def perceptual_loss(train_cfg: TokenizerTrainConfig, device: torch.device | str,
+                    classifier: Classifier | None = None) -> nn.Module | None:
+    """The perceptual term's network for `train_cfg.perceptual_term`, frozen on `device`: LPIPS on the AlexNet
+    weights at `train_cfg.lpips_backbone` (FileNotFoundError naming the path when they are not there),
+    `PerceptualDistance` on `classifier`'s features (ValueError without one: `Study.classifier()`), or None."""
+    term = train_cfg.perceptual_term
+    if term == "lpips":
+        return load_lpips("alex", device, weights=train_cfg.lpips_backbone)
+    if term == "classifier":
+        if classifier is None:
+            raise ValueError("TokenizerTrainConfig.perceptual = 'classifier' needs the feature classifier: pass "
+                             "classifier=Study.classifier() (Study.tokenizer does)")
+        return PerceptualDistance(classifier.model).to(device)
+    return None
+
+
+def check_perceptual(train_cfg: TokenizerTrainConfig, perceptual: nn.Module | None) -> None:
+    """ValueError unless `perceptual` is the network of the config's perceptual term (None for "none")."""
+    term = train_cfg.perceptual_term
+    if term == "none":
+        if perceptual is not None:
+            raise ValueError(f"a perceptual network was passed, but the loss has no perceptual term (perceptual = "
+                             f"{train_cfg.perceptual!r}, lpips_weight = {train_cfg.lpips_weight}): it would be unused")
+        return
+    if perceptual is None:
+        raise ValueError(f"TokenizerTrainConfig.perceptual = {term!r} needs its network: pass "
+                         f"perceptual=perceptual_loss(train_cfg, device, classifier) (Study.tokenizer does), or train "
+                         f"with perceptual='none'")
+    if isinstance(perceptual, PerceptualDistance) != (term == "classifier"):
+        raise ValueError(f"TokenizerTrainConfig.perceptual = {term!r}, but the network passed is a "
+                         f"{type(perceptual).__name__}; build it with perceptual_loss(train_cfg, device, classifier)")
+
+
 # ----------------------------------------------------------------------------------------------- training
 
 class TokenizerStep:
     """One optimisation step of the tokenizer (and, once the GAN is on, of the discriminator) on an image batch.
 
+    `perceptual` is the network of the config's perceptual term (`perceptual_loss`; None only for "none").
     Returns the step's losses as device tensors (no host sync) and the tokens. With `train_cfg.compile` the encoder,
     decoder and discriminator run through torch.compile (in place: state-dict names are unchanged); the quantizer
-    stays eager. benchmarks/bench_tokenizer.py measures both."""
+    and the perceptual network stay eager. benchmarks/bench_tokenizer.py measures both."""
 
     def __init__(self, vae: VQVAE, disc: PatchDiscriminator, train_cfg: TokenizerTrainConfig,
-                 device: torch.device, world: int = 1):
+                 device: torch.device, world: int = 1, perceptual: nn.Module | None = None):
+        check_perceptual(train_cfg, perceptual)
         self.vae, self.disc, self.cfg = vae, disc, train_cfg
+        self.perceptual = perceptual.to(device) if perceptual is not None else None
         fused = device.type == "cuda"
         self.opt = torch.optim.AdamW(vae.parameters(), lr=train_cfg.lr, betas=train_cfg.betas,
                                      weight_decay=train_cfg.weight_decay, fused=fused)
         self.opt_d = torch.optim.AdamW(disc.parameters(), lr=train_cfg.lr, betas=train_cfg.betas,
                                        weight_decay=train_cfg.weight_decay, fused=fused)
-        self.lpips_fn = load_lpips("alex", device) if train_cfg.lpips_weight > 0 else None
         self.device = device
         if train_cfg.compile:
             for module in (vae.encoder, vae.decoder, disc):
@@ -114,9 +152,10 @@ class TokenizerStep:
         rec_loss = F.mse_loss(rec, x)
         loss = rec_loss + vq_loss
         losses = {"rec": rec_loss, "vq": vq_loss}
-        if self.lpips_fn is not None:
-            losses["lpips"] = self.lpips_fn(*(t.expand(-1, 3, -1, -1) for t in (rec, x))).mean()
-            loss = loss + cfg.lpips_weight * losses["lpips"]
+        if self.perceptual is not None:  # the classifier reads the data's channels; LPIPS wants RGB
+            pair = (rec, x) if cfg.perceptual == "classifier" else [t.expand(-1, 3, -1, -1) for t in (rec, x)]
+            losses["perceptual"] = self.perceptual(*pair).mean()
+            loss = loss + cfg.lpips_weight * losses["perceptual"]
         if use_gan:
             with autocast(self.device):
                 losses["gan_g"] = -disc(rec).float().mean()
@@ -138,13 +177,17 @@ class TokenizerStep:
 
 
 def train_tokenizer(images_u8: torch.Tensor, tok_cfg: TokenizerConfig, train_cfg: TokenizerTrainConfig,
-                    device: torch.device | str, progress: bool = True, *, resume: TrainState | None = None,
-                    snapshot_every: int = 250, stop_at: int | None = None) -> tuple[VQVAE, pd.DataFrame]:
+                    device: torch.device | str, progress: bool = True, *, perceptual: nn.Module | None = None,
+                    resume: TrainState | None = None, snapshot_every: int = 250,
+                    stop_at: int | None = None) -> tuple[VQVAE, pd.DataFrame]:
     """Train a tokenizer from scratch on uint8 images (N, C, H, W), or resume an interrupted run from `resume`.
+    `perceptual` is the network of `train_cfg.perceptual_term` (`perceptual_loss`); ValueError, before any step,
+    when it does not fit the config.
 
-    Returns the model (train mode) and a per-step history (step, rec, vq, lpips, gan_g, gan_d, loss, usage,
-    restarted). With `resume`, a snapshot is written every `snapshot_every` steps and picked up by the next call;
-    `stop_at` ends the run early after that many steps, leaving a snapshot to resume from (time-limited sessions)."""
+    Returns the model (train mode) and a per-step history (step, rec, vq, perceptual, gan_g, gan_d, loss, usage,
+    restarted) whose `attrs["perceptual"]` names the perceptual term ("classifier" | "lpips" | "none"). With
+    `resume`, a snapshot is written every `snapshot_every` steps and picked up by the next call; `stop_at` ends the
+    run early after that many steps, leaving a snapshot to resume from (time-limited sessions)."""
     rank, world, device = setup_distributed(torch.device(device))
     if tuple(images_u8.shape[1:]) != (tok_cfg.in_channels, tok_cfg.resolution, tok_cfg.resolution):
         raise ValueError(f"images of shape {tuple(images_u8.shape[1:])} do not fit the tokenizer "
@@ -159,7 +202,7 @@ def train_tokenizer(images_u8: torch.Tensor, tok_cfg: TokenizerConfig, train_cfg
     start = 0
 
     snap = resume.load() if resume is not None else None
-    train_step = TokenizerStep(vae, disc, train_cfg, device, world)
+    train_step = TokenizerStep(vae, disc, train_cfg, device, world, perceptual)
     if snap is not None:
         vae.load_state_dict(snap["vae"])
         disc.load_state_dict(snap["disc"])
@@ -217,7 +260,9 @@ def train_tokenizer(images_u8: torch.Tensor, tok_cfg: TokenizerConfig, train_cfg
                                 "rng": torch.get_rng_state(), "history": history})
     flush()
     bar.close()
-    return vae, pd.DataFrame(history)
+    history = pd.DataFrame(history)
+    history.attrs["perceptual"] = train_cfg.perceptual_term
+    return vae, history
 
 
 @torch.no_grad()

@@ -8,6 +8,10 @@ re-encode every image at every step, which is why their small models trained no 
 The recipe is the authors' (REFERENCE.md 4.5-4.6): AdamW (0.9, 0.95) with weight decay on matrices only, the 'lin0'
 learning-rate shape, gradient clipping, bf16 autocast, and the loss averaged over all L tokens of every scale.
 
+The step runs eager (the reference), compiled, or captured once in a CUDA graph and replayed (`TrainConfig.compile`,
+`TrainConfig.cuda_graph`, see `TrainStep`): the smallest of the study's 32 px models are bound by launching kernels,
+not by running them.
+
 One process or several: `train_model` is the loop (`Study.transformer` caches what it trains); under `torchrun` it
 wraps the model in DistributedDataParallel and each rank trains on a disjoint share of every global batch
 (`torchrun --nproc_per_node=2 -m varlib.train`).
@@ -18,6 +22,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
+import warnings
 
 import pandas as pd
 import torch
@@ -73,9 +78,12 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [dict(params=decay, weight_decay=weight_decay), dict(params=no_decay, weight_decay=0.0)]
 
 
-def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device,
+                   capturable: bool = False) -> torch.optim.AdamW:
+    """AdamW, fused on CUDA; `capturable` keeps its step counts on the device, for a step captured in a CUDA graph
+    (whose learning rate must then be a device tensor in the parameter groups: `TrainStep`)."""
     return torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas,
-                             fused=device.type == "cuda")
+                             fused=device.type == "cuda", capturable=capturable)
 
 
 def loss_weights(scales: tuple[int, ...], mode: str, device: torch.device | str) -> torch.Tensor:
@@ -181,36 +189,154 @@ def evaluate(model: nn.Module, vae: nn.Module, tokens: dict, device: torch.devic
 
 # ----------------------------------------------------------------------------------------------- training
 
+GRAPH_WARMUP_STEPS = 3  # steps run before the capture (the PyTorch docs' whole-network example warms up 3)
+
+
+def check_step_mode(cfg: TrainConfig, device: torch.device, chunk: int, world: int) -> None:
+    """ValueError naming the setting when `TrainConfig.cuda_graph` is asked for where the captured step cannot run."""
+    if not cfg.cuda_graph:
+        return
+    if chunk > 0:
+        raise ValueError(f"TrainConfig.cuda_graph = True with the chunked head (chunk = {chunk}): its activation "
+                         f"checkpointing reads the RNG state, which a CUDA graph capture forbids; use chunk = 0 (the "
+                         f"captured step is for small, host-bound models, whose logits fit at once)")
+    if world > 1:
+        raise ValueError(f"TrainConfig.cuda_graph = True under DistributedDataParallel ({world} processes): the "
+                         f"captured step is single-process; use cuda_graph = False (or compile) with torchrun")
+    if device.type != "cuda":
+        raise ValueError(f"TrainConfig.cuda_graph = True captures the training step in a CUDA graph, which needs a "
+                         f"CUDA device, but the model is on {device}: use cuda_graph = False (the eager step) there")
+
+
 class TrainStep:
     """One optimisation step on a batch of cached tokens: teacher-forcing input (no grad), forward and loss under
     autocast, backward, gradient clipping, AdamW. Returns the loss and the token error rate as device tensors (no
     host sync). `chunk` > 0 selects the chunked head + cross-entropy (`TokenLoss`); benchmarks/bench_train.py
-    measures whether it pays."""
+    measures whether it pays.
+
+    The same step runs three ways, which give one artifact (`Study` leaves both switches out of the cache key):
+    - eager (the reference): `step`, one PyTorch op after another;
+    - `TrainConfig.compile`: `TokenLoss` (forward and backward) through torch.compile, in fused kernels;
+    - `TrainConfig.cuda_graph` (CUDA only, with or without compile): `step` -- input build, forward, backward, clip,
+      AdamW, zeroing the gradients -- captured once in a CUDA graph on the first call and replayed, so that a step
+      costs the host one launch instead of thousands. The smallest of the study's 32 px models are host-bound: on an
+      H200, VAR-d2 trained at 65 steps/s eager in one process and at 183 in all in four at once (issue #23).
+
+    Why one captured step rather than torch.compile(mode="reduce-overhead"): its CUDA graphs cover the compiled
+    forward and backward only, leaving the input build, the clip and the optimizer as eager launches; it skips
+    graphs silently where it cannot capture (a benchmark would then time something else than it says); and it needs
+    a compilation (tens of seconds per depth) that the eager kernels captured here do not. A manual capture fails
+    loudly instead, at the first call.
+
+    How the graph mode keeps the eager step's results:
+    - Static inputs: each call copies its labels and tokens into the graph's own tensors (the shapes of the first
+      call hold for every call: a ValueError otherwise), fills the learning rate into a device tensor that the
+      optimizer (fused AdamW, capturable) reads, and replays. The per-step batch and token-set choice stay outside,
+      in the caller. The loss and error returned are copies: the next replay overwrites the graph's.
+    - Warm-up: `GRAPH_WARMUP_STEPS` steps on a side stream before the capture (allocator, cuBLAS, optimizer state,
+      compilation), then the capture of one step; the parameters, the optimizer state and the CPU and CUDA RNG
+      states are then put back as they were, so the first replay is the first step.
+    - Randomness (class dropout, drop-path, `VARConfig.drop_path` = 0.1 depth / 24 by default): the captured kernels
+      draw from the default CUDA generator, which the capture registers: each replay reads the generator's seed and
+      offset at replay time and advances the offset by what the step consumes, as an eager step does. So
+      `torch.manual_seed(s)` before a replay gives the random numbers of an eager step after the same seed
+      (`train_model` reseeds every step, so a resumed run repeats them); tests/test_train.py holds graph and eager
+      steps equal with dropout on.
+    - The graph reads the parameters and optimizer state where they lie: in-place changes are seen
+      (`model.load_state_dict`), replaced tensors are not (an `opt.load_state_dict` after the first call: a
+      RuntimeError). The model's train/eval mode at the capture holds for every replay.
+    """
 
     def __init__(self, model: nn.Module, vae: nn.Module, cfg: TrainConfig, device: torch.device, chunk: int = 0,
                  world: int = 1):
+        device = torch.device(device)
+        check_step_mode(cfg, device, chunk, world)
         self.model, self.vae, self.cfg, self.device = model, vae, cfg, device
         self.scales = model.cfg.scales
-        self.opt = make_optimizer(model, cfg, device)
+        self.opt = make_optimizer(model, cfg, device, capturable=cfg.cuda_graph)
+        # cuda_graph: the learning rate the graph reads, filled before each replay
+        self.lr = torch.tensor(cfg.lr, device=device) if cfg.cuda_graph else None
         self.weight_L = loss_weights(self.scales, cfg.scale_weighting, device)
         net = TokenLoss(model, cfg.label_smoothing, chunk)
         if cfg.compile:
             net = torch.compile(net)
         self.net = data_parallel(net, device, world)
+        self.graph: torch.cuda.CUDAGraph | None = None  # cuda_graph: captured on the first call
 
     def __call__(self, label_B: torch.Tensor, idx_BL: torch.Tensor, lr: float) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.cfg.cuda_graph:
+            for group in self.opt.param_groups:
+                group["lr"] = lr
+            return self.step(label_B, idx_BL)
+        if self.graph is None:
+            self.capture(label_B, idx_BL)
+        if label_B.shape != self.label_B.shape or idx_BL.shape != self.idx_BL.shape:
+            raise ValueError(f"TrainStep (cuda_graph): the graph was captured for labels {tuple(self.label_B.shape)} "
+                             f"and tokens {tuple(self.idx_BL.shape)}, got {tuple(label_B.shape)} and "
+                             f"{tuple(idx_BL.shape)}: every batch must have the first one's size")
+        if any(group["lr"] is not self.lr for group in self.opt.param_groups):
+            raise RuntimeError("TrainStep (cuda_graph): the optimizer's parameter groups were replaced after the "
+                               "capture (optimizer.load_state_dict?), but the graph still reads the old state: load "
+                               "the optimizer state before the first step")
+        self.label_B.copy_(label_B)
+        self.idx_BL.copy_(idx_BL)
+        self.lr.fill_(lr)
+        self.graph.replay()
+        return self.loss.clone(), self.err.clone()
+
+    def step(self, label_B: torch.Tensor, idx_BL: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The step itself, at the optimizer's current learning rate: what the eager mode runs and the graph holds."""
         target_BL, x_BLCv_wo_first_l = _batch_inputs(self.vae, idx_BL, self.model)
-        for group in self.opt.param_groups:
-            group["lr"] = lr
         with autocast(self.device):
             ce_BL, pred_BL = self.net(label_B, x_BLCv_wo_first_l, target_BL)
         loss = (ce_BL * self.weight_L).sum(-1).mean()
         loss.backward()
         if self.cfg.grad_clip > 0:
-            nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)  # foreach: no host sync
         self.opt.step()
-        self.opt.zero_grad(set_to_none=True)
+        self.opt.zero_grad(set_to_none=True)  # inside the graph: the gradients live in its memory pool
         return loss.detach(), (pred_BL != target_BL).float().mean()
+
+    def capture(self, label_B: torch.Tensor, idx_BL: torch.Tensor) -> None:
+        """Warm up, capture `step` into `self.graph`, and put the parameters, optimizer state and RNG back."""
+        self.label_B, self.idx_BL = label_B.clone(), idx_BL.clone()
+        for group in self.opt.param_groups:  # after any optimizer.load_state_dict (a resumed run, maybe an eager one's)
+            group["lr"], group["capturable"] = self.lr, True
+        params = list(self.model.parameters())
+        with torch.no_grad():
+            saved_params = [p.detach().clone() for p in params]
+            saved_state = {p: {k: v.clone() for k, v in s.items()} for p, s in self.opt.state.items()}
+        index = self.device.index if self.device.index is not None else torch.cuda.current_device()
+        with torch.cuda.device(index), torch.random.fork_rng(devices=[index]):
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side), warnings.catch_warnings():
+                # a capturable optimizer warns when it steps outside a capture, as the warm-up does on purpose
+                warnings.filterwarnings("ignore", message=".*capturable=True.*")
+                for _ in range(GRAPH_WARMUP_STEPS):
+                    self.step(self.label_B, self.idx_BL)
+            torch.cuda.current_stream().wait_stream(side)
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):
+                self.loss, self.err = self.step(self.label_B, self.idx_BL)
+        with torch.no_grad():
+            for p, saved in zip(params, saved_params, strict=True):
+                p.copy_(saved)
+            for p, state in self.opt.state.items():
+                for k, v in state.items():
+                    if p in saved_state:
+                        v.copy_(saved_state[p][k])
+                    else:  # a state the warm-up created: zero, as a fresh optimizer's first step finds it
+                        v.zero_()
+
+
+def to_device(t_N: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A small host tensor on `device` without waiting for the GPU: a copy from pageable memory synchronises the host
+    with the GPU's queue, which would leave the GPU idle while the host prepares the next step (the cost a
+    host-bound step, and above all a replayed CUDA graph, can least afford)."""
+    if device.type != "cuda":
+        return t_N
+    return t_N.pin_memory().to(device, non_blocking=True)
 
 
 def _step_seed(seed: int, step: int, rank: int) -> int:
@@ -276,7 +402,7 @@ def train_model(var_cfg: VARConfig, train_cfg: TrainConfig, vae: nn.Module, toke
         # every rank draws the same global batch and token sets (seeded by step) and trains on its own slice of it
         image_B = batch_indices(step, train_cfg.batch_size, n_train, train_cfg.seed)
         set_B = token_set_indices(step, image_B, n_train, train_cfg.token_sets, train_cfg.seed)
-        batch, in_set = (share_of(t, rank, world).to(device) for t in (image_B, set_B))
+        batch, in_set = (to_device(share_of(t, rank, world), device) for t in (image_B, set_B))
         lr = train_cfg.lr * lr_factor(step, steps, train_cfg.warmup_frac, train_cfg.final_lr_frac)
         loss, err = train_step(labels_N[batch], idx_KNL[in_set, batch], lr)
         loss_sum += loss

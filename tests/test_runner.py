@@ -1,0 +1,130 @@
+"""The study runner: its plan covers the notebooks, a packed job trains the model a sequential run trains, and the
+scheduler keeps dependency order, skips what a failure blocks and lets the rest finish."""
+
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from varlib import plan as plan_mod
+from varlib.artifacts import read_artifact
+from varlib.runner import STAGES, Task, execute, find_notebook, is_cached, run_study
+from varlib.study import Study
+
+ROOT = Path(__file__).resolve().parents[1]
+# Between them every kind of stage: the classifier, the tokenizers (VAR's, the raster AR's, and 01's without the
+# perceptual term), plain and augmented token sets, VAR, the raster AR, the ablation variants and the learning-rate
+# runs (12 transformers at smoke). 02, 05 and 06 would add minutes on 2 CPU cores and no new kind of stage.
+COVERED = ["01_tokenizer", "03_ablation", "04_scaling"]
+
+
+def py(code: str) -> tuple[str, ...]:
+    return (sys.executable, "-c", code)
+
+
+def test_the_plan_knows_every_notebook_of_the_checkout():
+    assert list(plan_mod.NOTEBOOKS) == sorted(p.stem for p in (ROOT / "notebooks").glob("0*.ipynb"))
+    assert find_notebook("04") == "04_scaling"
+    with pytest.raises(ValueError, match="matches none"):
+        find_notebook("09")
+
+
+def test_the_full_plan_is_computed_without_training_and_lists_each_stage_once_after_its_inputs(fresh_cache,
+                                                                                                monkeypatch):
+    monkeypatch.setenv("VARLIB_CACHE_READONLY", "1")  # any attempt to build would raise
+    study = Study.create("full", device="cpu")
+    jobs = plan_mod.plan(study)
+    keys = [j.key for j in jobs]
+    assert len(set(keys)) == len(keys) and len({j.name for j in jobs}) == len(jobs)
+    kind_of = {j.key: j.kind for j in jobs}
+    for i, job in enumerate(jobs):
+        assert set(job.deps) <= set(keys[:i]), f"{job.name} comes before a job it reads"
+        assert all(STAGES.index(kind_of[d]) < STAGES.index(job.kind) for d in job.deps), job.name  # runner's order
+    assert [j.kind for j in jobs].count("classifier") == 1
+    tokenizers = {study.tokenizer_key(study.ar_configs()[0]),  # the raster AR's; VAR's with and without perceptual
+                  *(s.tokenizer_key() for s in study.perceptual_variants().values())}
+    assert {j.key for j in jobs if j.kind == "tokenizer"} == tokenizers
+    runs = plan_mod.scaling_runs(study) + [plan_mod.main_run(study)]  # 02's model is 03's, 05's and 06's: one job
+    assert {r.key() for r in runs} <= set(keys) and len({r.seed for r in runs}) == len(study.profile.claim_seeds)
+    assert not any(fresh_cache.rglob("*.pt"))
+
+
+def test_the_scheduler_keeps_dependency_order_and_skips_what_a_failure_blocks(tmp_path):
+    logs = tmp_path / "logs"
+    tasks = [Task("a", "job", py("import time; time.sleep(1)"), logs / "a.log"),
+             Task("fails", "job", py("import sys; print('boom'); sys.exit(3)"), logs / "fails.log"),
+             Task("after_a", "job", py("pass"), logs / "after_a.log", deps=("a",)),
+             Task("after_fails", "job", py("pass"), logs / "after_fails.log", deps=("fails",)),
+             Task("after_skipped", "notebook", py("pass"), logs / "after_skipped.log", deps=("after_fails", "a")),
+             Task("alone", "notebook", py("pass"), logs / "alone.log", exclusive=True)]
+    timings = tmp_path / "timings.tsv"
+    outcomes = {o.name: o for o in execute(tasks, jobs=2, timings=timings)}
+    assert {n: o.status for n, o in outcomes.items()} == {
+        "a": "done", "fails": "failed", "after_a": "done", "after_fails": "skipped", "after_skipped": "skipped",
+        "alone": "done"}
+    assert outcomes["fails"].exit_code == 3 and "boom" in Path(outcomes["fails"].note).read_text()
+    assert outcomes["after_fails"].note == "fails" and outcomes["after_skipped"].note == "after_fails"
+    assert not (logs / "after_fails.log").exists()  # never started
+    assert outcomes["a"].start_s < outcomes["fails"].end_s  # two at once
+    assert outcomes["after_a"].start_s >= outcomes["a"].end_s
+    assert outcomes["alone"].start_s >= max(o.end_s for o in outcomes.values() if o.end_s and o.name != "alone")
+    assert {o.slot for o in outcomes.values() if o.status != "skipped"} == {0, 1}
+    assert [row.split("\t")[0] for row in timings.read_text().splitlines()] == list(outcomes)  # as they came
+
+
+def test_the_scheduler_refuses_unknown_dependencies_and_cycles(tmp_path):
+    with pytest.raises(ValueError, match="not in the run"):
+        execute([Task("x", "job", py("pass"), tmp_path / "x.log", deps=("y",))], jobs=1)
+    with pytest.raises(RuntimeError, match="cycle"):
+        execute([Task("x", "job", py("pass"), tmp_path / "x.log", deps=("y",)),
+                 Task("y", "job", py("pass"), tmp_path / "y.log", deps=("x",))], jobs=2)
+
+
+@pytest.fixture(scope="module")
+def planned_cache(tmp_path_factory):
+    """An empty cache filled by the runner with the jobs of COVERED, two at once on the CPU."""
+    cache = tmp_path_factory.mktemp("planned") / "cache"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("VARLIB_CACHE", str(cache))
+        mp.delenv("VARLIB_CACHE_READONLY", raising=False)
+        outcomes = run_study("smoke", "cpu", cache.parent / "train", COVERED, jobs=2, train_only=True)
+    failed = [o for o in outcomes if o.status != "done"]
+    assert not failed, f"jobs not done: {[(o.name, o.status, o.note) for o in failed]}"
+    return cache, outcomes
+
+
+@pytest.mark.slow
+def test_the_notebooks_find_every_model_of_the_plan_in_a_read_only_cache(planned_cache, tmp_path, monkeypatch):
+    cache, trained = planned_cache
+    assert any(a.start_s < b.end_s and b.start_s < a.end_s for a in trained for b in trained
+               if a.name < b.name and a.kind == b.kind == "transformer"), "no two trainings ran at once"
+    monkeypatch.setenv("VARLIB_CACHE", str(cache))
+    monkeypatch.setenv("VARLIB_CACHE_READONLY", "1")  # a model the plan missed stops its notebook, named
+    outcomes = run_study("smoke", "cpu", tmp_path, COVERED, jobs=2)
+    assert [o.kind for o in outcomes] == ["notebook"] * len(COVERED), "every job should be in the cache"
+    for o in outcomes:
+        assert o.status == "done", f"{o.name}: {Path(o.note).read_text()[-3000:] if o.note else o}"
+        assert (tmp_path / "results" / o.name / "smoke" / "claims.csv").is_file()
+    header, *rows = (tmp_path / "logs" / "timings.tsv").read_text().splitlines()
+    assert header.split("\t")[:8] == ["name", "kind", "status", "exit_code", "start_s", "end_s", "wall_s", "slot"]
+    assert sorted(r.split("\t")[0] for r in rows) == COVERED
+    assert (tmp_path / "logs" / "timings.json").is_file()
+
+
+@pytest.mark.slow
+def test_a_job_trained_beside_another_equals_the_model_trained_in_process(planned_cache, tmp_path, monkeypatch):
+    cache, _ = planned_cache
+    fresh = tmp_path / "cache"
+    for kind in ("tokenizer", "tokens"):  # the same inputs; the transformer is trained anew, here
+        shutil.copytree(cache / kind, fresh / kind)
+    monkeypatch.setenv("VARLIB_CACHE", str(fresh))
+    study = Study.create("smoke", device="cpu")
+    run = plan_mod.main_run(study)
+    assert not is_cached(run.key())
+    model, _ = run.transformer()
+    packed = read_artifact(cache / "var" / f"{run.key()}.pt")["model"]
+    assert packed.keys() == model.state_dict().keys()
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, packed[name]), name
