@@ -6,6 +6,7 @@ import math
 import types
 
 import matplotlib
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -401,3 +402,12 @@ def test_every_output_of_the_figure_has_its_box_outlined():
                                 ("edit", x)], boxes, "in-painting")
     assert len(fig.axes[0].patches) == 3 * 3
     matplotlib.pyplot.close(fig)
+
+
+def test_interior_gap_leaves_out_edits_whose_interior_is_reproduced_exactly():
+    frame = pd.DataFrame({"seed": 0, "task": "in-painting", "method": "VAR", "family": "VAR", "area": 0.3,
+                          "known_psnr": [20.0, 22.0], "tokenizer_psnr": [21.0, 23.0],
+                          "interior_psnr": [np.inf, 24.0], "tokenizer_interior_psnr": [np.inf, 25.0]})
+    row = editing.summarize(frame, {}).iloc[0]
+    assert row["interior_psnr_gap"] == pytest.approx(-1.0)
+    assert row["psnr_gap"] == pytest.approx(-1.0)
