@@ -72,6 +72,34 @@ def commit_of(folder: str) -> str:
     return load(f"{folder}/provenance.json")["git_sha"][:7]
 
 
+def run_times() -> str:
+    """Wall times from the study runs' own timing files in results/study_logs/ (never typed by hand)."""
+    logs = ROOT / "results/study_logs"
+    quick = pd.concat([pd.read_csv(logs / f"quick_h200/{name}.tsv", sep="\t").assign(call=k)
+                       for k, name in enumerate(("timings_call1", "timings_call2"), 1)])
+    done = quick[quick.status == "done"]
+    notebooks = done[done.kind == "notebook"].drop_duplicates("name", keep="last").set_index("name")
+    full = pd.concat([pd.read_csv(path, sep="\t", header=None, names=["name", "exit_code", "wall_s"])
+                      for path in sorted(logs.glob("timings_hold*.tsv"))])
+    full = full[full.name != "warm-up"].set_index("name")
+    hold = json.loads((logs / "provenance.json").read_text())
+    rows = pd.DataFrame({"notebook": NOTEBOOKS,
+                         "quick, one H200, runner (s)": [notebooks.wall_s.get(nb) for nb in NOTEBOOKS],
+                         "full, one H100, sequential (s)": [full.wall_s.get(nb) for nb in NOTEBOOKS]})
+    jobs = done[done.kind != "notebook"].groupby(["call", "kind"]).wall_s.agg(["count", "sum"]).reset_index()
+    warm = pd.concat([pd.read_csv(path, sep="\t", header=None, names=["name", "exit_code", "wall_s"])
+                      for path in sorted(logs.glob("timings_hold*.tsv"))]).query("name == 'warm-up'").wall_s
+    return (f"### Run times\n\nWall seconds per notebook, from the runs' own timing files. Quick: "
+            f"`python -m varlib.runner quick --jobs 4` on one H200 at commit {commit_of('results/01_tokenizer/quick')}"
+            f" (`results/study_logs/quick_h200/`; 01-05 in a first call, 06-07 in a second that re-trained their "
+            f"jobs), each notebook after the jobs it reads, so its time is its own evaluation. Full: the older "
+            f"sequential `scripts/run_study.sh` on one {hold['gpu']} (commits "
+            f"{', '.join(sorted({v['git_sha'][:7] for k, v in hold.items() if k.startswith('timings_hold')}))}; each "
+            f"hold began with a warm-up of {warm.min():.0f}-{warm.max():.0f} s), before the runner and the claims "
+            f"protocol's three seeds:\n\n{md(rows)}\n\nThe quick runs' jobs (processes, wall seconds summed over "
+            f"jobs that ran side by side):\n\n{md(jobs)}\n")
+
+
 def speed() -> str:
     """VAR against the raster AR on the sampler benchmarks (the claim itself is 07_speed's claims.csv)."""
     eager = sampler_bench("bench_sampler_eager.json")
@@ -235,7 +263,7 @@ def claims() -> str:
 
 
 def section() -> str:
-    parts = [claims(), throughput(), speed(), engineering(), data_parallel()]
+    parts = [claims(), throughput(), run_times(), speed(), engineering(), data_parallel()]
     return "\n".join([BEGIN, "", *(p for p in parts if p), END])
 
 

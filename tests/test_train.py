@@ -493,6 +493,26 @@ def test_graph_replays_follow_the_learning_rate_and_keep_their_shapes():
         step(label_B[:16], idx_BL[:16], GRAPH_TRAIN.lr)
 
 
+@CUDA_GRAPHS
+def test_train_model_with_the_captured_step_trains_as_the_eager_one(tokens):
+    """End to end on the GPU: `train_model` with `cuda_graph` (evaluations between replays, the model switched to eval
+    mode and back) gives the eager run's history and parameters, within `assert_same_training`'s bounds."""
+    vae, tokens_train, tokens_test = tokens
+    runs = []
+    for cuda_graph in (False, True):
+        cfg = dataclasses.replace(TRAIN, cuda_graph=cuda_graph)
+        model, history = train.train_model(VAR_CFG, cfg, vae, tokens_train, tokens_test, "cuda", progress=False)
+        runs.append((history, [p.detach().cpu() for p in model.parameters()]))
+    torch.manual_seed(TRAIN.seed)
+    initial = [p.detach().clone() for p in build_model(VAR_CFG).parameters()]
+    (eager_history, eager_params), (graph_history, graph_params) = runs
+    assert list(graph_history["step"]) == list(eager_history["step"])
+    for column in ("train_loss", "test_loss_all"):
+        torch.testing.assert_close(torch.tensor(graph_history[column].to_numpy()),
+                                   torch.tensor(eager_history[column].to_numpy()), rtol=1e-3, atol=0)
+    assert relative_distance(eager_params, graph_params, initial) < 1e-2
+
+
 def test_the_captured_step_is_refused_where_it_cannot_run():
     """cuda_graph on the CPU, with the chunked head, or under DDP: a ValueError naming the setting (no fallback)."""
     graph_cfg = dataclasses.replace(GRAPH_TRAIN, cuda_graph=True)
