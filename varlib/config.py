@@ -307,7 +307,8 @@ def _smoke() -> Profile:
 
 
 def _quick() -> Profile:
-    # Sized for `make scaling` on a 2-core CPU in under 30 minutes (tokenizer + 4 depths), measured in README.md.
+    # Sized for `make scaling` on a 2-core CPU: the classifier, the tokenizer (its perceptual term reads the
+    # classifier), 4 depths and the learning-rate check's 4 runs.
     tok = TokenizerConfig(ch=16, ch_mult=(1, 2, 4), num_res_blocks=1, vocab_size=512)
     return Profile(
         name="quick",
@@ -328,11 +329,10 @@ def _quick() -> Profile:
 
 
 def _full() -> Profile:
-    # Sized for holds of one H100 of at most 30 minutes, each starting from an empty cache, so each retrains the
-    # tokenizer (ch=96, 5000 steps of 256: 7 min, PSNR 26.8 dB) beside the AR baseline's tokenizer and the classifier
-    # (scripts/run_study.sh warms the three in parallel: 10.3 min). 01, 02, 04 and 06 ran in one hold (30.5 min),
-    # 07 and 05 in another; 03 (four d6 variants, AR-d6 and d10) needs one of its own. Compiled, d6 trained
-    # in 122 s against 178 s eager, compile included, to the same final loss (2.916); the AR-d6, 77 s against 86 s.
+    # Sized for one GPU through varlib.runner: the classifier first (the tokenizer's perceptual term reads it), then
+    # the tokenizers (ch=96, 5000 steps of 256: about 9 steps/s on one H200 with the term), then the transformers,
+    # several at once. Compiled, d6 trained in 122 s against 178 s eager on an H100, compile included, to the same
+    # final loss (2.916).
     tok = TokenizerConfig(ch=96, ch_mult=(1, 2, 2), num_res_blocks=2, vocab_size=1024)
     return Profile(
         name="full",
