@@ -58,7 +58,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from varlib.authors import import_authors_models
-from varlib.config import PAPER_SCALES_256, TokenizerConfig, TrainConfig, VARConfig, get_profile
+from varlib.config import PAPER_SCALES_256, PROFILES, TokenizerConfig, TrainConfig, VARConfig, get_profile
 from varlib.device import autocast, synchronize
 from varlib.parallel import rank_and_world, setup_distributed
 from varlib.report import provenance, write_provenance
@@ -435,7 +435,7 @@ def main() -> None:
     parser.add_argument("--cpu-profile", help="instead: time the training of every depth of this profile on the CPU")
     parser.add_argument("--train-steps", type=int, help="--cpu-profile: project this many steps, one evaluation")
     parser.add_argument("--test-sequences", type=int, help="--cpu-profile: evaluate on this many test sequences")
-    parser.add_argument("--study-profile", choices=["smoke", "quick", "full"],
+    parser.add_argument("--study-profile", choices=sorted(PROFILES),
                         help="instead: steps/s of this profile's own models (its VARConfig, batch and tokenizer)")
     parser.add_argument("--depths", type=depth_list, help="--study-profile: e.g. 2,6,10 (default: the profile's "
                                                           "scaling depths)")

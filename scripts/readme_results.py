@@ -3,9 +3,9 @@
     python scripts/readme_results.py           # rewrite the section between the markers in README.md
     python scripts/readme_results.py --check   # exit 1 if README.md differs from what results/ gives (a test runs it)
 
-Each claim reads the `full` run of its notebook (results/<notebook>/) where one exists, else the `quick` run
-(results/<notebook>/quick/), and names the profile, the git SHA and the device from the provenance record. Verdicts
-follow stated rules on those numbers; the paper's numbers are the ones the notebooks print beside ours.
+The claims come from each notebook's claims.csv (its `full` run's, results/<notebook>/, where it wrote one, else
+its `quick` run's, results/<notebook>/quick/), verdicts and rules as the notebooks wrote them under varlib.claims,
+with the profile, git SHA and device of the provenance record; the benchmarks and run times from their own files.
 """
 
 from __future__ import annotations
@@ -23,15 +23,6 @@ ROOT = Path(__file__).resolve().parents[1]
 BEGIN, END = "<!-- results:begin (scripts/readme_results.py) -->", "<!-- results:end -->"
 
 
-def run_dir(notebook: str) -> Path:
-    top = ROOT / "results" / notebook
-    return top if (top / "provenance.json").is_file() else top / "quick"
-
-
-def source(notebook: str) -> str:
-    return source_of(run_dir(notebook))
-
-
 def source_of(d: Path) -> str:
     p = json.loads((d / "provenance.json").read_text())
     where = p.get("gpu", p["device"])
@@ -39,17 +30,8 @@ def source_of(d: Path) -> str:
     return f"`{rel}/`: profile `{p['parameters']['profile']}`, {where}, commit {p['git_sha'][:7]}"
 
 
-def table(notebook: str, name: str) -> pd.DataFrame:
-    return pd.read_csv(run_dir(notebook) / f"{name}.csv")
-
-
 def md(df: pd.DataFrame) -> str:
     return df.to_markdown(index=False, floatfmt=".4g")
-
-
-def figure(notebook: str, name: str) -> str:
-    folder = run_dir(notebook).relative_to(ROOT / "results")
-    return f"`figures/{folder}/{name}.png`"
 
 
 def met(ok: bool) -> str:
@@ -130,14 +112,14 @@ def throughput() -> str:
     packed = pd.DataFrame(load(f"{folder}/packed1/packed.json")["rows"])
     shown = pd.concat([packed.assign(gpu_busy=float("nan"))[["depth", "name", "steps_per_s_sum"]].rename(
         columns={"steps_per_s_sum": "steps_per_s"}), modes[["depth", "name", "steps_per_s", "gpu_busy", "warmup_s"]]])
-    runs = [load(f"results/study_logs/quick_h200/{name}.json") for name in ("timings_call2",)]
-    tasks = pd.DataFrame(runs[0]["tasks"])
+    run = load("results/study_logs/quick_h200/timings_call2.json")
+    tasks = pd.DataFrame(run["tasks"])
     by_kind = tasks.groupby("kind").wall_s.agg(["count", "sum"]).reset_index()
     return (f"### Study throughput (issue 23)\n\nOne training step of the study's own models (full profile: B=512, "
             f"155 tokens, V=1024), {load(f'{folder}/compile/provenance.json').get('gpu', 'one H200')}, commit "
             f"{commit_of(folder + '/compile')} (`{folder}/`; `graph`: the whole step captured in one CUDA graph, "
             f"`TrainConfig.cuda_graph`):\n\n{md(shown)}\n\nThe study runner (`python -m varlib.runner`, 4 jobs at "
-            f"once) ran the quick profile's 06 and 07 with every job they need in {runs[0]['wall_time_s']:.0f} s on "
+            f"once) ran the quick profile's 06 and 07 with every job they need in {run['wall_time_s']:.0f} s on "
             f"the GPU (`results/study_logs/quick_h200/`); wall seconds by kind of task, summed over tasks that ran "
             f"side by side:\n\n{md(by_kind)}\n")
 

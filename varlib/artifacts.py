@@ -83,8 +83,13 @@ def key_of(kind: str, spec: Any) -> str:
     return f"{kind}-{hashlib.sha256(blob.encode()).hexdigest()[:16]}"
 
 
+def key_path(key: str) -> Path:
+    """The cache file of the artifact with key `key` (`key_of`: its kind, a dash, the hash): <cache>/<kind>/<key>.pt."""
+    return cache_dir() / key.rsplit("-", 1)[0] / f"{key}.pt"
+
+
 def artifact_path(kind: str, spec: Any) -> Path:
-    return cache_dir() / kind / f"{key_of(kind, spec)}.pt"
+    return key_path(key_of(kind, spec))
 
 
 # ----------------------------------------------------------------------------------------------- writing
@@ -243,7 +248,7 @@ class TrainState:
 
     def __init__(self, kind: str, spec: Any):
         self.key = f"{key_of(kind, spec)}.resume"
-        self.path = cache_dir() / kind / f"{self.key}.pt"
+        self.path = key_path(self.key)
         self.spec = spec
 
     def load(self) -> dict | None:

@@ -35,7 +35,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .artifacts import cache_dir
+from .artifacts import cache_dir, key_path
 from .cli import positive_int
 from .config import PROFILES
 from .plan import NOTEBOOKS, Job, notebook_jobs, plan
@@ -80,8 +80,8 @@ class Outcome:
 
 
 def is_cached(key: str) -> bool:
-    """Whether the artifact with cache key `key` is in the cache (a key starts with its kind: `artifacts.key_of`)."""
-    return (cache_dir() / key.rsplit("-", 1)[0] / f"{key}.pt").is_file()
+    """Whether the artifact with cache key `key` is in the cache."""
+    return key_path(key).is_file()
 
 
 def execute(tasks: list[Task], jobs: int, timings: Path | None = None) -> list[Outcome]:

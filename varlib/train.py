@@ -220,7 +220,8 @@ class TrainStep:
     - `TrainConfig.cuda_graph` (CUDA only, with or without compile): `step` -- input build, forward, backward, clip,
       AdamW, zeroing the gradients -- captured once in a CUDA graph on the first call and replayed, so that a step
       costs the host one launch instead of thousands. The smallest of the study's 32 px models are host-bound: on an
-      H200, VAR-d2 trained at 65 steps/s eager in one process and at 183 in all in four at once (issue #23).
+      H200, VAR-d2 (B=512) trained at 71 steps/s eager, 90 graphed, 94 compiled and 240 compiled + graphed, while
+      d6 and up were GPU-bound (results/bench_train/study_profile_h200/).
 
     Why one captured step rather than torch.compile(mode="reduce-overhead"): its CUDA graphs cover the compiled
     forward and backward only, leaving the input build, the clip and the optimizer as eager launches; it skips
