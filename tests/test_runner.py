@@ -3,15 +3,18 @@ scheduler keeps dependency order, skips what a failure blocks and lets the rest 
 
 import shutil
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
 
 from varlib import plan as plan_mod
+from varlib import runner
 from varlib.artifacts import read_artifact
 from varlib.runner import STAGES, Task, execute, find_notebook, is_cached, run_study
 from varlib.study import Study
+from varlib.transformer import build_model, training_flops
 
 ROOT = Path(__file__).resolve().parents[1]
 # Between them every kind of stage: the classifier, the tokenizers (VAR's, the raster AR's, and 01's without the
@@ -49,6 +52,17 @@ def test_the_full_plan_is_computed_without_training_and_lists_each_stage_once_af
     runs = plan_mod.scaling_runs(study) + [plan_mod.main_run(study)]  # 02's model is 03's, 05's and 06's: one job
     assert {r.key() for r in runs} <= set(keys) and len({r.seed for r in runs}) == len(study.profile.claim_seeds)
     assert not any(fresh_cache.rglob("*.pt"))
+    main_job = next(j for j in jobs if j.key == plan_mod.main_run(study).key())
+    tc = study.train_config
+    assert main_job.flops == training_flops(build_model(study.var_config()), tc.steps, tc.batch_size) > 0
+    assert all((j.flops > 0) == (j.kind == "transformer") for j in jobs)
+
+
+def test_the_dry_run_lists_the_plan_and_its_training_work(capsys):
+    assert runner.main(["smoke", "--dry-run", "04"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert sum("PFLOP" in line for line in lines[:-1]) == sum(line.startswith("transformer") for line in lines)
+    assert "jobs:" in lines[-1] and lines[-1].endswith("PFLOP")
 
 
 def test_the_scheduler_keeps_dependency_order_and_skips_what_a_failure_blocks(tmp_path):
@@ -72,6 +86,32 @@ def test_the_scheduler_keeps_dependency_order_and_skips_what_a_failure_blocks(tm
     assert outcomes["alone"].start_s >= max(o.end_s for o in outcomes.values() if o.end_s and o.name != "alone")
     assert {o.slot for o in outcomes.values() if o.status != "skipped"} == {0, 1}
     assert [row.split("\t")[0] for row in timings.read_text().splitlines()] == list(outcomes)  # as they came
+
+
+def test_the_time_limit_stops_what_runs_and_starts_nothing_after_it(tmp_path):
+    logs = tmp_path / "logs"
+    tasks = [Task("long", "job", py("import time; time.sleep(60)"), logs / "long.log"),
+             Task("short", "job", py("pass"), logs / "short.log"),
+             Task("after_long", "notebook", py("pass"), logs / "after_long.log", deps=("long",))]
+    started = time.perf_counter()
+    outcomes = {o.name: o for o in execute(tasks, jobs=2, time_limit_s=2.0)}
+    assert time.perf_counter() - started < 30
+    assert {n: o.status for n, o in outcomes.items()} == {"short": "done", "long": "stopped", "after_long": "skipped"}
+    assert outcomes["long"].end_s >= 2.0 and outcomes["long"].note == str(logs / "long.log")
+    assert outcomes["after_long"].note == "time limit" and not (logs / "after_long.log").exists()
+
+
+def test_gpu_busy_is_averaged_over_the_samples_taken_while_each_kind_ran(tmp_path):
+    outcomes = [runner.Outcome("tok", "tokenizer", "done", 0, 0.0, 10.0, 10.0, 0),
+                runner.Outcome("a", "transformer", "done", 0, 5.0, 20.0, 15.0, 1),
+                runner.Outcome("b", "transformer", "skipped", note="tok")]
+    samples = [(t, 10.0 if t < 5 else 90.0, 1000.0) for t in range(0, 30, 2)]  # 0..28 s
+    assert runner.busy_by_kind(outcomes, samples) == {"all": round((3 * 10 + 12 * 90) / 15, 1), "tokenizer": round(
+        (3 * 10 + 3 * 90) / 6, 1), "transformer": 90.0}
+    assert runner.busy_by_kind(outcomes, []) == {}
+    with runner.GpuMonitor("cpu", tmp_path / "gpu_util.tsv", time.perf_counter()) as gpu:  # nothing to sample on a CPU
+        pass
+    assert gpu.samples == [] and not (tmp_path / "gpu_util.tsv").exists()
 
 
 def test_the_scheduler_refuses_unknown_dependencies_and_cycles(tmp_path):

@@ -169,6 +169,7 @@ class Job:
     key: str
     deps: tuple[str, ...]
     build: Callable[[], Any] = dataclasses.field(compare=False, repr=False)
+    flops: float = 0.0  # a transformer's training FLOPs (`transformer.training_flops`); 0 for the other stages
 
 
 def _named(what: str, key: str) -> str:
@@ -204,8 +205,10 @@ def transformer_jobs(run: Run) -> list[Job]:
     sets = [tokens_job(s, tok_cfg, "train", a) for a in range(run.train.token_sets)] + [tokens_job(s, tok_cfg, "test")]
     family = "AR-ms" if isinstance(cfg, MultiScaleARConfig) else "AR" if len(cfg.scales) == 1 else "VAR"
     key = run.key()
+    with torch.device("meta"):  # parameter counts only
+        flops = training_flops(build_model(cfg), run.train.steps, run.train.batch_size)
     return tok + sets + [Job(_named(f"{family}-d{cfg.depth}-seed{run.seed}", key), "transformer", key,
-                             (tok[-1].key, *(j.key for j in sets)), run.transformer)]
+                             (tok[-1].key, *(j.key for j in sets)), run.transformer, flops)]
 
 
 def _unique(jobs: list[Job]) -> list[Job]:

@@ -18,9 +18,15 @@ every job it reads, so it finds them all in the cache. A model the plan lacked w
 that asks for it, as without the runner (tests/test_runner.py runs 03 and 04 at smoke on a read-only cache that
 only the plan's jobs filled).
 
+With `--time-limit S` no task starts after S seconds and those still running are stopped then (status "stopped"):
+a transformer or tokenizer resumes from its last snapshot on the next run, which finds the finished jobs in the cache
+(a time-limited allocation runs the study in several calls on one cache).
+
 Written to OUT: results/ and figures/ (the notebooks'). To OUT/logs (or --logs): jobs/<job>.log, <notebook>.log and
 .ipynb, timings.tsv (one row per task: name, kind, status, exit code, start and end in seconds from the run's start,
-wall seconds, worker slot, note) and timings.json (the same rows, the jobs found in the cache, the plan, provenance).
+wall seconds, worker slot, note) and timings.json (the same rows, the jobs found in the cache, the plan with each
+transformer's training FLOPs, provenance). On a CUDA device with nvidia-smi also gpu_util.tsv (the GPU's utilisation
+sampled twice a second: the share of time a kernel ran) and, in timings.json, its mean while each kind of task ran.
 """
 
 from __future__ import annotations
@@ -28,8 +34,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shutil
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
@@ -70,7 +78,7 @@ class Outcome:
 
     name: str
     kind: str
-    status: str  # "done" | "failed" | "skipped"
+    status: str  # "done" | "failed" | "skipped" | "stopped" (at the time limit)
     exit_code: int | None = None
     start_s: float | None = None
     end_s: float | None = None
@@ -84,11 +92,13 @@ def is_cached(key: str) -> bool:
     return key_path(key).is_file()
 
 
-def execute(tasks: list[Task], jobs: int, timings: Path | None = None) -> list[Outcome]:
+def execute(tasks: list[Task], jobs: int, timings: Path | None = None,
+            time_limit_s: float | None = None) -> list[Outcome]:
     """Run every task as a subprocess (output to its log), at most `jobs` at once, in list order as far as the
     dependencies allow: a task starts once each of its `deps` is done, and is skipped when one failed or was skipped.
-    Exclusive tasks run after all others, one at a time. Each outcome is appended to `timings` (TSV) as it comes.
-    Returns the outcomes in the order they came."""
+    Exclusive tasks run after all others, one at a time. After `time_limit_s` seconds the running tasks are stopped
+    (terminated: "stopped") and the waiting ones skipped (note "time limit"). Each outcome is appended to `timings`
+    (TSV) as it comes. Returns the outcomes in the order they came."""
     names = [t.name for t in tasks]
     if len(set(names)) != len(names):
         raise ValueError(f"task names must be unique: {sorted({n for n in names if names.count(n) > 1})}")
@@ -118,8 +128,28 @@ def execute(tasks: list[Task], jobs: int, timings: Path | None = None) -> list[O
                     done, outcome.status, outcome.name, outcome.wall_s, outcome.slot,
                     f": see {outcome.note}" if outcome.note else "")
 
+    def finish(slot: int, status_: str | None = None) -> None:
+        task, proc, out, start = running.pop(slot)
+        end = time.perf_counter()
+        out.close()
+        free.append(slot)
+        free.sort()
+        rc = proc.returncode
+        status_ = status_ or ("done" if rc == 0 else "failed")
+        record(Outcome(task.name, task.kind, status_, rc, round(start - t0, 1), round(end - t0, 1),
+                       round(end - start, 1), slot, "" if status_ == "done" else str(task.log)))
+
     try:
         while waiting or running:
+            if time_limit_s is not None and time.perf_counter() - t0 >= time_limit_s:
+                for slot, (_, proc, _, _) in list(running.items()):
+                    proc.terminate()
+                    proc.wait()
+                    finish(slot, "stopped")
+                for task in waiting:
+                    record(Outcome(task.name, task.kind, "skipped", note="time limit"))
+                waiting.clear()
+                break
             for task in list(waiting):  # list order has dependencies first, so a skip reaches its dependents at once
                 blocked = [d for d in task.deps if status.get(d) in ("failed", "skipped")]
                 if blocked:
@@ -145,23 +175,65 @@ def execute(tasks: list[Task], jobs: int, timings: Path | None = None) -> list[O
                     raise RuntimeError(f"tasks wait on each other (a dependency cycle): {[t.name for t in waiting]}")
                 break
             time.sleep(POLL_S)
-            for slot, (task, proc, out, start) in list(running.items()):
-                if proc.poll() is None:
-                    continue
-                end = time.perf_counter()
-                out.close()
-                del running[slot]
-                free.append(slot)
-                free.sort()
-                rc = proc.returncode
-                record(Outcome(task.name, task.kind, "done" if rc == 0 else "failed", rc, round(start - t0, 1),
-                               round(end - t0, 1), round(end - start, 1), slot, "" if rc == 0 else str(task.log)))
+            for slot, (_, proc, _, _) in list(running.items()):
+                if proc.poll() is not None:
+                    finish(slot)
     finally:  # an interrupted run leaves no process behind
         for _, proc, out, _ in running.values():
             proc.terminate()
             proc.wait()
             out.close()
     return outcomes
+
+
+class GpuMonitor:
+    """The GPU's utilisation (percent of time a kernel ran) and memory, sampled by nvidia-smi every `every_ms`,
+    stamped in seconds from `t0` (time.perf_counter), written to `path` as they come. A context manager; does
+    nothing where `device` is not CUDA or nvidia-smi is missing."""
+
+    def __init__(self, device: str, path: Path, t0: float, every_ms: int = 500):
+        self.path, self.t0, self.samples = path, t0, []
+        self.command = None
+        if device.startswith("cuda") and shutil.which("nvidia-smi"):
+            index = device.partition(":")[2] or "0"
+            self.command = ["nvidia-smi", "--query-gpu=utilization.gpu,memory.used", "--format=csv,noheader,nounits",
+                            f"-lms={every_ms}", f"--id={index}"]
+
+    def __enter__(self) -> GpuMonitor:
+        if self.command:
+            self.proc = subprocess.Popen(self.command, stdout=subprocess.PIPE, text=True)
+            self.thread = threading.Thread(target=self._read, daemon=True)
+            self.thread.start()
+        return self
+
+    def _read(self) -> None:
+        with open(self.path, "w") as f:
+            f.write("t_s\tutilization_pct\tmemory_mib\n")
+            for line in self.proc.stdout:
+                util, mem = (float(v) for v in line.split(","))
+                self.samples.append((time.perf_counter() - self.t0, util, mem))
+                f.write(f"{self.samples[-1][0]:.1f}\t{util:.0f}\t{mem:.0f}\n")
+
+    def __exit__(self, *exc) -> None:
+        if self.command:
+            self.proc.terminate()
+            self.proc.wait()
+            self.thread.join()
+
+
+def busy_by_kind(outcomes: list[Outcome], samples: list[tuple[float, float, float]]) -> dict[str, float]:
+    """The mean GPU utilisation (percent) over the samples (t_s, utilization, memory) taken while any task of each
+    kind ran, and over the whole run ("all"); a kind with no sample is left out."""
+    windows: dict[str, list[tuple[float, float]]] = {}
+    for o in outcomes:
+        if o.start_s is not None:
+            windows.setdefault(o.kind, []).append((o.start_s, o.end_s))
+    out = {"all": sum(u for _, u, _ in samples) / len(samples)} if samples else {}
+    for kind, spans in windows.items():
+        inside = [u for t, u, _ in samples if any(a <= t <= b for a, b in spans)]
+        if inside:
+            out[kind] = sum(inside) / len(inside)
+    return {k: round(v, 1) for k, v in out.items()}
 
 
 def find_notebook(name: str) -> str:
@@ -190,10 +262,11 @@ def notebook_task(study: Study, notebook: str, pending: dict[str, Job], profile:
 
 
 def run_study(profile: str, device: str, out: str | Path, notebooks: list[str] | tuple[str, ...] = NOTEBOOKS,
-              jobs: int = 1, train_only: bool = False, logs: str | Path | None = None) -> list[Outcome]:
+              jobs: int = 1, train_only: bool = False, logs: str | Path | None = None,
+              time_limit_s: float | None = None) -> list[Outcome]:
     """Train what `notebooks` need (the jobs not in the cache, up to `jobs` at once), then run the notebooks unless
-    `train_only`; results and figures under `out`, timings and logs under `logs` (None: `out`/logs; see the module's
-    docstring). Returns the outcomes."""
+    `train_only`, stopping after `time_limit_s` (`execute`); results and figures under `out`, timings and logs under
+    `logs` (None: `out`/logs; see the module's docstring). Returns the outcomes."""
     started, started_at = time.perf_counter(), datetime.now(timezone.utc).isoformat(timespec="seconds")
     out = Path(out).resolve()
     logs = Path(logs).resolve() if logs else out / "logs"
@@ -211,14 +284,18 @@ def run_study(profile: str, device: str, out: str | Path, notebooks: list[str] |
     logs.mkdir(parents=True, exist_ok=True)
     timings = logs / "timings.tsv"
     timings.write_text("\t".join(TIMINGS_COLUMNS) + "\n")
-    outcomes = execute(tasks, jobs, timings)
+    remaining = None if time_limit_s is None else time_limit_s - (time.perf_counter() - started)
+    with GpuMonitor(str(study.device), logs / "gpu_util.tsv", time.perf_counter()) as gpu:
+        outcomes = execute(tasks, jobs, timings, remaining)
     record = provenance("varlib.runner", {"profile": profile, "device": device, "jobs": jobs, "notebooks": notebooks,
-                                          "train_only": train_only, "out": str(out), "logs": str(logs)},
+                                          "train_only": train_only, "out": str(out), "logs": str(logs),
+                                          "time_limit_s": time_limit_s},
                         study.device, None, time.perf_counter() - started, [str(timings)],
                         {"started_at": started_at, "cache": str(cache_dir()), "tasks": [asdict(o) for o in outcomes],
+                         "gpu_busy_pct": busy_by_kind(outcomes, gpu.samples),
                          "cached": [j.name for j in jobs_planned if j.key not in pending],
-                         "plan": [{"name": j.name, "kind": j.kind, "key": j.key, "deps": list(j.deps)}
-                                  for j in jobs_planned]})
+                         "plan": [{"name": j.name, "kind": j.kind, "key": j.key, "deps": list(j.deps),
+                                   "flops": j.flops} for j in jobs_planned]})
     (logs / "timings.json").write_text(json.dumps(record, indent=2) + "\n")
     bad = [o.name for o in outcomes if o.status != "done"]
     log.info("study run in %.0f s: %d tasks done%s", time.perf_counter() - started, len(outcomes) - len(bad),
@@ -247,6 +324,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--logs", type=Path, help="where logs and timings go (default: OUT/logs)")
     parser.add_argument("--jobs", type=positive_int, default=1, help="processes at once (default 1)")
     parser.add_argument("--train-only", action="store_true", help="train the plan's jobs, run no notebook")
+    parser.add_argument("--time-limit", type=float, metavar="S",
+                        help="stop after S seconds: no task starts later, running ones are stopped (they resume "
+                             "from their last snapshot next time)")
     parser.add_argument("--dry-run", action="store_true", help="list the plan's jobs (cached or not) and stop")
     parser.add_argument("--job", metavar="KEY", help=argparse.SUPPRESS)  # the runner's own call: one job
     args = parser.parse_intermixed_args(argv)  # notebooks may come before or after the options
@@ -261,13 +341,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         jobs = plan(Study.create(args.profile, device="cpu"), notebooks)
         for j in jobs:
-            print(f"{j.kind:<12} {j.name:<38} {'cached' if is_cached(j.key) else 'to run':<7} {j.key}")
+            work = f"{j.flops / 1e15:7.2f} PFLOP" if j.flops else ""
+            print(f"{j.kind:<12} {j.name:<38} {'cached' if is_cached(j.key) else 'to run':<7} {j.key:<28} {work}")
         counts = {kind: sum(j.kind == kind for j in jobs) for kind in dict.fromkeys(j.kind for j in jobs)}
-        print(f"{len(jobs)} jobs: " + ", ".join(f"{n} {kind}" for kind, n in counts.items()))
+        print(f"{len(jobs)} jobs: " + ", ".join(f"{n} {kind}" for kind, n in counts.items())
+              + f"; transformer training {sum(j.flops for j in jobs) / 1e15:.1f} PFLOP")
         return 0
     if args.out is None:
         parser.error("--out is required (where results, figures and logs go)")
-    outcomes = run_study(args.profile, args.device, args.out, notebooks, args.jobs, args.train_only, args.logs)
+    outcomes = run_study(args.profile, args.device, args.out, notebooks, args.jobs, args.train_only, args.logs,
+                         args.time_limit)
     return 0 if all(o.status == "done" for o in outcomes) else 1
 
 
