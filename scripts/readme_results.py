@@ -71,7 +71,8 @@ def run_times() -> str:
     jobs = done[done.kind != "notebook"].groupby(["call", "kind"]).wall_s.agg(["count", "sum"]).reset_index()
     warm = pd.concat([pd.read_csv(path, sep="\t", header=None, names=["name", "exit_code", "wall_s"])
                       for path in sorted(logs.glob("timings_hold*.tsv"))]).query("name == 'warm-up'").wall_s
-    return (f"### Run times\n\nWall seconds per notebook, from the runs' own timing files. Quick: "
+    return (f"### Run times\n\n{full_runner()}\n"
+            f"Wall seconds per notebook, from the runs' own timing files. Quick: "
             f"`python -m varlib.runner quick --jobs 4` on one H200 at commit {commit_of('results/01_tokenizer/quick')}"
             f" (`results/study_logs/quick_h200/`; 01-05 in a first call, 06-07 in a second that re-trained their "
             f"jobs), each notebook after the jobs it reads, so its time is its own evaluation. Full: the older "
@@ -80,6 +81,37 @@ def run_times() -> str:
             f"hold began with a warm-up of {warm.min():.0f}-{warm.max():.0f} s), before the runner and the claims "
             f"protocol's three seeds:\n\n{md(rows)}\n\nThe quick runs' jobs (processes, wall seconds summed over "
             f"jobs that ran side by side):\n\n{md(jobs)}\n")
+
+
+def full_runner() -> str:
+    """The full profile through the runner (issue #23's target: the whole study, three seeds, in 1,800 s on one GPU):
+    what each time-limited call finished, and the GPU's utilisation while each kind of job ran."""
+    calls = [load(str(path.relative_to(ROOT))) for path in sorted((ROOT / "results/study_logs/full_h200").glob(
+        "call*/timings.json"))]
+    rows = []
+    for k, call in enumerate(calls, 1):
+        tasks = pd.DataFrame(call["tasks"])
+        ran = tasks[tasks.status.isin(["done", "stopped"])]
+        done = tasks[tasks.status == "done"].kind.value_counts()
+        busy = call["gpu_busy_pct"]
+        rows.append({"call": k, "time limit (s)": call["parameters"]["time_limit_s"],
+                     "wall (s)": round(call["wall_time_s"]),
+                     "done": ", ".join(f"{n} {kind}" for kind, n in done.items()),
+                     "stopped at the limit": ", ".join(ran[ran.status == "stopped"].name),
+                     "GPU busy, whole call (%)": busy.get("all"),
+                     "GPU busy while each kind ran (%)": ", ".join(f"{kind} {v}" for kind, v in busy.items()
+                                                                   if kind != "all")})
+    busy = [v for call in calls for kind, v in call["gpu_busy_pct"].items() if kind != "all"]
+    plan = pd.DataFrame(calls[-1]["plan"])
+    left = len(plan) - len(calls[-1]["cached"]) - sum(t["status"] == "done" for t in calls[-1]["tasks"])
+    first = calls[0]
+    return (f"Full profile, `python -m varlib.runner full --jobs {first['parameters']['jobs']} --time-limit S` on one "
+            f"{first['gpu']} at commit {first['git_sha'][:7]}, three calls on one cache in one 30-minute allocation "
+            f"(`results/study_logs/full_h200/`; a stopped job resumed from its snapshot in the next call). Of the "
+            f"plan's {len(plan)} jobs ({plan.flops.sum() / 1e15:.0f} PFLOP of transformer training), {left} and "
+            f"the seven notebooks were still to run after {sum(c['wall_time_s'] for c in calls):.0f} s, so the "
+            f"1,800 s target is {met(False)}; the GPU was busy {min(busy)}-{max(busy)}% of the time while each kind "
+            f"of job ran:\n\n{md(pd.DataFrame(rows))}\n")
 
 
 def speed() -> str:
