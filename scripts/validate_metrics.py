@@ -7,6 +7,9 @@ must equal an independent scipy Frechet distance on the same features, and FID m
 the scored set (mode dropping).
 
     .venv/bin/python scripts/validate_metrics.py --profile quick --n 2000
+    .venv/bin/python scripts/validate_metrics.py --profile full --device cuda --out-dir /tmp/study   # as the runner
+
+`python -m varlib.runner` runs it after the classifier, beside the notebooks that read the classifier.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import pandas as pd
 import torch
 
 from varlib.classifier import classifier_features
+from varlib.cli import positive_int
 from varlib.device import resolve_device
 from varlib.metrics import degrade, drop_modes, frechet_distance, generation_metrics, metric_name
 from varlib.report import Report
@@ -33,19 +37,22 @@ NOISE_STDS = (0.05, 0.1, 0.2, 0.4)  # in [-1, 1] units
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--profile", default="quick")
-    p.add_argument("--n", type=int, default=2000, help="images per scored set")
+    p.add_argument("--n", type=positive_int,
+                   help="images per scored set (default: 2000, or half the test split if smaller)")
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out-dir", type=Path, default=ROOT, help="results/ go under it (default: the checkout)")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(2)
     device = resolve_device(args.device)
     study = Study.create(args.profile, device=device)
-    report = Report("validate_metrics", vars(args), out_dir=ROOT, device=device, seed=args.seed, profile=args.profile)
-
-    clf = study.classifier()
     train, test = study.split("train"), study.split("test")
     half = len(test) // 2
+    args.n = args.n or min(2000, half)
+    report = Report("validate_metrics", vars(args), out_dir=args.out_dir, device=device, seed=args.seed,
+                    profile=args.profile)
+    clf = study.classifier()
     if args.n > half:
         raise SystemExit(f"--n {args.n} is larger than half the test split ({half}); pass --n {half} or less")
     gen = torch.Generator().manual_seed(args.seed)

@@ -1,6 +1,7 @@
 """The study runner: its plan covers the notebooks, a packed job trains the model a sequential run trains, and the
 scheduler keeps dependency order, skips what a failure blocks and lets the rest finish."""
 
+import os
 import shutil
 import sys
 import time
@@ -61,8 +62,8 @@ def test_the_full_plan_is_computed_without_training_and_lists_each_stage_once_af
 def test_the_dry_run_lists_the_plan_and_its_training_work(capsys):
     assert runner.main(["smoke", "--dry-run", "04"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert sum("PFLOP" in line for line in lines[:-1]) == sum(line.startswith("transformer") for line in lines)
-    assert "jobs:" in lines[-1] and lines[-1].endswith("PFLOP")
+    assert sum(line.endswith(" FLOP") for line in lines[:-1]) == sum(line.startswith("transformer") for line in lines)
+    assert "jobs:" in lines[-1] and lines[-1].endswith(" FLOP")
 
 
 def test_the_scheduler_keeps_dependency_order_and_skips_what_a_failure_blocks(tmp_path):
@@ -88,6 +89,14 @@ def test_the_scheduler_keeps_dependency_order_and_skips_what_a_failure_blocks(tm
     assert [row.split("\t")[0] for row in timings.read_text().splitlines()] == list(outcomes)  # as they came
 
 
+def test_the_metrics_check_runs_after_every_pending_job_with_its_tables_under_out(tmp_path):
+    study = Study.create("quick", device="cpu")
+    pending = {j.key: j for j in plan_mod.plan(study, ["06_fid_is"])}
+    task = runner.metrics_check_task(study, pending, "quick", "cpu", tmp_path / "out", tmp_path / "logs")
+    assert task.kind == "check" and set(task.deps) == {j.name for j in pending.values()} and not task.exclusive
+    assert Path(task.command[1]).is_file() and task.command[-2:] == ("--out-dir", str(tmp_path / "out"))
+
+
 def test_the_time_limit_stops_what_runs_and_starts_nothing_after_it(tmp_path):
     logs = tmp_path / "logs"
     tasks = [Task("long", "job", py("import time; time.sleep(60)"), logs / "long.log"),
@@ -101,17 +110,55 @@ def test_the_time_limit_stops_what_runs_and_starts_nothing_after_it(tmp_path):
     assert outcomes["after_long"].note == "time limit" and not (logs / "after_long.log").exists()
 
 
-def test_gpu_busy_is_averaged_over_the_samples_taken_while_each_kind_ran(tmp_path):
+def test_several_devices_are_taken_in_turn_by_the_slots_each_process_seeing_its_gpu_alone(tmp_path, monkeypatch):
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert runner.slot_devices("cpu", 3) == ("cpu", []) and runner.slot_devices("cuda:1", 2) == ("cuda:1", [])
+    name, envs = runner.slot_devices("cuda:0, cuda:2", 3)
+    assert name == "cuda" and [e["CUDA_VISIBLE_DEVICES"] for e in envs] == ["0", "2", "0"]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5,6")  # indices are this process's visible GPUs
+    assert [e["CUDA_VISIBLE_DEVICES"] for e in runner.slot_devices("cuda:0,cuda:2", 2)[1]] == ["4", "6"]
+    for bad, match in [("cuda:0,cpu", "cuda:N,cuda:M"), ("cuda:1,cuda:1", "twice"), ("cuda:0,cuda:3", "not visible")]:
+        with pytest.raises(ValueError, match=match):
+            runner.slot_devices(bad, 4)
+    with pytest.raises(ValueError, match="idle"):
+        runner.slot_devices("cuda:0,cuda:1,cuda:2", 2)
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="does not exist here"):
+            runner.check_devices("cuda:0,cuda:1", 2)
+    logs = tmp_path / "logs"
+    show = py("import os, time; time.sleep(0.5); print(os.environ['VARLIB_TEST_SLOT'])")
+    tasks = [Task(f"t{i}", "job", show, logs / f"t{i}.log") for i in range(4)]
+    outcomes = execute(tasks, jobs=2, slot_env=[{"VARLIB_TEST_SLOT": "a"}, {"VARLIB_TEST_SLOT": "b"}])
+    for o in outcomes:
+        assert (logs / f"{o.name}.log").read_text().strip() == "ab"[o.slot]
+
+
+def test_gpu_busy_is_averaged_over_the_samples_taken_while_each_kind_ran():
     outcomes = [runner.Outcome("tok", "tokenizer", "done", 0, 0.0, 10.0, 10.0, 0),
                 runner.Outcome("a", "transformer", "done", 0, 5.0, 20.0, 15.0, 1),
                 runner.Outcome("b", "transformer", "skipped", note="tok")]
-    samples = [(t, 10.0 if t < 5 else 90.0, 1000.0) for t in range(0, 30, 2)]  # 0..28 s
+    samples = [(t, "0", 10.0 if t < 5 else 90.0, 1000.0) for t in range(0, 30, 2)]  # 0..28 s
     assert runner.busy_by_kind(outcomes, samples) == {"all": round((3 * 10 + 12 * 90) / 15, 1), "tokenizer": round(
         (3 * 10 + 3 * 90) / 6, 1), "transformer": 90.0}
     assert runner.busy_by_kind(outcomes, []) == {}
-    with runner.GpuMonitor("cpu", tmp_path / "gpu_util.tsv", time.perf_counter()) as gpu:  # nothing to sample on a CPU
+    # two GPUs, one slot each: a sample counts for a task only on its own slot's GPU
+    two = [(t, gpu, 20.0 if gpu == "0" else 80.0, 0.0) for t in range(0, 30, 2) for gpu in ("0", "1")]
+    assert runner.busy_by_kind(outcomes, two, ["0", "1"]) == {"all": 50.0, "tokenizer": 20.0, "transformer": 80.0}
+
+
+def test_the_gpu_monitor_reads_nvidia_smi_and_leaves_out_what_is_not_a_sample(tmp_path, monkeypatch):
+    fake = tmp_path / "bin" / "nvidia-smi"  # prints two samples around a MIG-style "[N/A]" line, then ends
+    fake.parent.mkdir()
+    fake.write_text("#!/bin/sh\nprintf 'GPU-a, 0, 50, 1000\\n[N/A], 0, [N/A], 1000\\nGPU-a, 0, 70, 1100\\n'\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}:{os.environ['PATH']}")
+    with runner.GpuMonitor(["0"], tmp_path / "gpu_util.tsv", time.perf_counter()) as gpu:
+        gpu.thread.join(timeout=10)
+    assert [(g, u, m) for _, g, u, m in gpu.samples] == [("0", 50.0, 1000.0), ("0", 70.0, 1100.0)]
+    assert (tmp_path / "gpu_util.tsv").read_text().splitlines()[0] == "t_s\tgpu\tutilization_pct\tmemory_mib"
+    with runner.GpuMonitor([], tmp_path / "none.tsv", time.perf_counter()) as gpu:  # no GPU: nothing to sample
         pass
-    assert gpu.samples == [] and not (tmp_path / "gpu_util.tsv").exists()
+    assert gpu.samples == [] and not (tmp_path / "none.tsv").exists()
 
 
 def test_the_scheduler_refuses_unknown_dependencies_and_cycles(tmp_path):
