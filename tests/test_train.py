@@ -447,6 +447,19 @@ def assert_same_training(a, b):
     assert relative_distance(params_a, params_b, initial) < 1e-2
 
 
+def test_the_profiles_captured_step_is_dropped_where_it_cannot_run():
+    cfg = TrainConfig(compile=True, cuda_graph=True)
+    assert train.runnable_step(cfg, torch.device("cuda"), 1) is cfg
+    for device, world in (("cpu", 1), ("cuda", 2)):
+        assert train.runnable_step(cfg, torch.device(device), world) == dataclasses.replace(cfg, cuda_graph=False)
+    full_cpu = Study.create("full", device="cpu")
+    assert get_profile("full").train.cuda_graph and not full_cpu.train_config.cuda_graph
+    graphed = dataclasses.replace(full_cpu.train_config, cuda_graph=True)
+    assert full_cpu.transformer_key(full_cpu.var_config(), graphed) == full_cpu.transformer_key(full_cpu.var_config())
+    with pytest.raises(ValueError, match="needs a CUDA device"):  # asked for explicitly, it is an error
+        train.TrainStep(build_model(full_cpu.var_config(depth=1)), None, cfg, torch.device("cpu"))
+
+
 @CUDA_GRAPHS
 @pytest.mark.parametrize("dropout, scales", [(False, TOK.scales), (True, TOK.scales), (True, (8,))],
                          ids=["VAR", "VAR-dropout", "raster-AR-dropout"])

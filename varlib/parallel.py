@@ -18,7 +18,7 @@ from torch.nn.parallel import DistributedDataParallel
 def setup_distributed(device: torch.device) -> tuple[int, int, torch.device]:
     """(rank, world size, this rank's device). Under torchrun (WORLD_SIZE > 1) joins the process group: NCCL on
     CUDA, gloo on CPU; each rank takes the GPU of its LOCAL_RANK."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    world = world_size()
     if world == 1:
         return 0, 1, device
     if device.type == "cuda":
@@ -27,6 +27,11 @@ def setup_distributed(device: torch.device) -> tuple[int, int, torch.device]:
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return dist.get_rank(), world, device
+
+
+def world_size() -> int:
+    """The number of processes torchrun started (WORLD_SIZE), 1 without torchrun."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def rank_and_world() -> tuple[int, int]:

@@ -50,10 +50,11 @@ from .config import (
 )
 from .data import ImageDataset, dataset_classes, dataset_id, load_split
 from .device import resolve_device
+from .parallel import world_size
 from .report import Report
 from .tokenizer import VQVAE, frozen, split_scales
 from .tokenizer_train import USAGE_IMAGES, encode_images, perceptual_loss, seeded_generator, train_tokenizer
-from .train import token_dtype, train_model
+from .train import runnable_step, token_dtype, train_model
 from .transformer import VAR, ARTransformer, build_model
 
 log = logging.getLogger(__name__)
@@ -160,7 +161,9 @@ class Study:
 
     @property
     def train_config(self) -> TrainConfig:
-        return dataclasses.replace(self.profile.train, seed=self.seed)
+        """The profile's recipe with the study's seed, its captured step only where it runs (`train.runnable_step`:
+        on the CPU or under torchrun the full profile trains with the compiled step)."""
+        return runnable_step(dataclasses.replace(self.profile.train, seed=self.seed), self.device, world_size())
 
     def var_config(self, depth: int | None = None, **changes: Any) -> VARConfig:
         """The profile's VAR at `depth` (None: the profile's), with any other field changed."""

@@ -19,6 +19,7 @@ wraps the model in DistributedDataParallel and each rank trains on a disjoint sh
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import time
@@ -206,6 +207,15 @@ def check_step_mode(cfg: TrainConfig, device: torch.device, chunk: int, world: i
     if device.type != "cuda":
         raise ValueError(f"TrainConfig.cuda_graph = True captures the training step in a CUDA graph, which needs a "
                          f"CUDA device, but the model is on {device}: use cuda_graph = False (the eager step) there")
+
+
+def runnable_step(cfg: TrainConfig, device: torch.device, world: int) -> TrainConfig:
+    """`cfg` without its captured step where that cannot run (not CUDA, or `world` > 1 processes under torchrun), so
+    that a profile's default trains the same model there with the compiled or eager step; a TrainConfig passed
+    explicitly still meets `check_step_mode`'s error."""
+    if cfg.cuda_graph and (device.type != "cuda" or world > 1):
+        return dataclasses.replace(cfg, cuda_graph=False)
+    return cfg
 
 
 class TrainStep:
