@@ -3,6 +3,7 @@ scheduler keeps dependency order, skips what a failure blocks and lets the rest 
 
 import os
 import shutil
+import signal
 import sys
 import time
 from pathlib import Path
@@ -99,15 +100,34 @@ def test_the_metrics_check_runs_after_every_pending_job_with_its_tables_under_ou
 
 def test_the_time_limit_stops_what_runs_and_starts_nothing_after_it(tmp_path):
     logs = tmp_path / "logs"
-    tasks = [Task("long", "job", py("import time; time.sleep(60)"), logs / "long.log"),
+    cleaned = tmp_path / "cleaned"  # stopped with SIGTERM, a process that handles it runs its finally blocks
+    long = f"import signal, sys, time\nsignal.signal(signal.SIGTERM, lambda *_: sys.exit(143))\ntry:\n" \
+           f"    time.sleep(60)\nfinally:\n    open({str(cleaned)!r}, 'w').write('snapshot kept')"
+    tasks = [Task("long", "job", py(long), logs / "long.log"),
              Task("short", "job", py("pass"), logs / "short.log"),
              Task("after_long", "notebook", py("pass"), logs / "after_long.log", deps=("long",))]
     started = time.perf_counter()
     outcomes = {o.name: o for o in execute(tasks, jobs=2, time_limit_s=2.0)}
-    assert time.perf_counter() - started < 30
+    assert time.perf_counter() - started < runner.STOP_GRACE_S  # it ended at SIGTERM, not at the kill
     assert {n: o.status for n, o in outcomes.items()} == {"short": "done", "long": "stopped", "after_long": "skipped"}
     assert outcomes["long"].end_s >= 2.0 and outcomes["long"].note == str(logs / "long.log")
     assert outcomes["after_long"].note == "time limit" and not (logs / "after_long.log").exists()
+    assert cleaned.read_text() == "snapshot kept" and outcomes["long"].exit_code == 143
+
+
+def test_a_job_process_exits_through_its_cleanup_on_sigterm():
+    before = signal.getsignal(signal.SIGTERM)
+    try:
+        runner.exit_on_sigterm()  # what `python -m varlib.runner --job` does first
+        with pytest.raises(SystemExit) as stopped:
+            try:
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(5)
+            finally:
+                cleaned = True
+        assert cleaned and stopped.value.code == 128 + signal.SIGTERM
+    finally:
+        signal.signal(signal.SIGTERM, before)
 
 
 def test_several_devices_are_taken_in_turn_by_the_slots_each_process_seeing_its_gpu_alone(tmp_path, monkeypatch):

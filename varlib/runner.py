@@ -69,7 +69,7 @@ EXCLUSIVE = {"03_ablation", "06_fid_is", "07_speed"}  # they time sampling (03's
 # claim): nothing may share the device with them
 TIMINGS_COLUMNS = ("name", "kind", "status", "exit_code", "start_s", "end_s", "wall_s", "slot", "note")
 POLL_S = 0.2
-STOP_GRACE_S = 30.0  # seconds a stopped task has to end after SIGINT (its cleanup runs) before it is killed
+STOP_GRACE_S = 30.0  # seconds a stopped task has to end after SIGTERM (its cleanup runs) before it is killed
 
 
 @dataclass(frozen=True)
@@ -205,11 +205,12 @@ def execute(tasks: list[Task], jobs: int, timings: Path | None = None, time_limi
 
 
 def stop(procs: list[subprocess.Popen]) -> None:
-    """Interrupt every process at once (SIGINT: Python's cleanup runs, so a training leaves its last snapshot and no
-    half-written file, and papermill shuts its kernel down), then kill those not ended within STOP_GRACE_S."""
+    """Terminate every process at once (SIGTERM: a job process exits through `exit_on_sigterm`, so its cleanup runs,
+    leaving its last snapshot and no half-written file), then kill those not ended within STOP_GRACE_S. Not SIGINT:
+    a runner started in the background by a shell hands its children SIGINT ignored."""
     for proc in procs:
         if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
+            proc.terminate()
     deadline = time.perf_counter() + STOP_GRACE_S
     for proc in procs:
         try:
@@ -417,6 +418,15 @@ def run_study(profile: str, device: str, out: str | Path, notebooks: list[str] |
     return outcomes
 
 
+def exit_on_sigterm() -> None:
+    """From now on SIGTERM raises SystemExit in this process, so that `finally` blocks and context managers run (the
+    default action ends the process at once)."""
+    def handler(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, handler)
+
+
 def run_job(profile: str, device: str, key: str) -> None:
     """Build the job of the study's plan (all notebooks) whose cache key is `key`, in this process."""
     study = Study.create(profile, device=device)
@@ -448,6 +458,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_intermixed_args(argv)  # notebooks may come before or after the options
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if args.job:
+        exit_on_sigterm()  # stopped at a time limit, a training leaves its snapshot and no half-written file
         run_job(args.profile, args.device, args.job)
         return 0
     try:
