@@ -330,8 +330,8 @@ def _quick() -> Profile:
 
 def _full() -> Profile:
     # Sized for one GPU through varlib.runner: the classifier first (the tokenizer's perceptual term reads it), then
-    # the tokenizers (ch=96, 5000 steps of 256: 17 steps/s alone on one H200 with the term, about 9 each with three
-    # at once), then the transformers, several at once, compiled and captured in one CUDA graph: on one H200, d2
+    # the tokenizers (ch=96, 5000 steps of 256: 17 steps/s alone on one H200 with the term, 6-7 each with three at
+    # once: GPU-bound), then the transformers, several at once, compiled and captured in one CUDA graph: on one H200, d2
     # 239.6, d6 37.6, d8 20.2, d10 11.6 steps/s at B=512 (results/bench_train/study_profile_h200/).
     tok = TokenizerConfig(ch=96, ch_mult=(1, 2, 2), num_res_blocks=2, vocab_size=1024)
     return Profile(
