@@ -1,6 +1,7 @@
 """The study runner: its plan covers the notebooks, a packed job trains the model a sequential run trains, and the
 scheduler keeps dependency order, skips what a failure blocks and lets the rest finish."""
 
+import json
 import os
 import shutil
 import signal
@@ -218,6 +219,8 @@ def test_the_notebooks_find_every_model_of_the_plan_in_a_read_only_cache(planned
     assert header.split("\t")[:8] == ["name", "kind", "status", "exit_code", "start_s", "end_s", "wall_s", "slot"]
     assert sorted(r.split("\t")[0] for r in rows) == COVERED
     assert (tmp_path / "logs" / "timings.json").is_file()
+    record = json.loads((tmp_path / "logs" / "provenance.json").read_text())
+    assert record["notebook"] == "varlib.runner" and record["parameters"]["notebooks"] == COVERED
 
 
 @pytest.mark.slow

@@ -48,6 +48,11 @@ class Run:
         """The trained model and its history (`Study.transformer`): from the cache, or trained now."""
         return self.study.transformer(self.var, self.train)
 
+    def flops(self) -> float:
+        """The training FLOPs of the run (`transformer.training_flops`, on a model built on the meta device)."""
+        with torch.device("meta"):  # parameter counts only
+            return training_flops(build_model(self.var), self.train.steps, self.train.batch_size)
+
 
 def _default_runs(study: Study, var_cfgs: list[VARConfig]) -> list[Run]:
     """Each config once per training seed of the claims protocol, with that seed's default recipe."""
@@ -128,8 +133,8 @@ def controlled_runs(study: Study) -> dict[str, Run]:
     """06_fid_is's controlled comparison (claims protocol 3) for the seed of `study`: the raster AR at VAR's training
     steps and at VAR's training FLOPs, the AR over VAR's tokens and VAR, of matched size (`controlled_configs`)."""
     configs, tc = study.controlled_configs(), study.train_config
+    budget = Run(study, configs["VAR"], tc).flops()
     with torch.device("meta"):  # parameter counts only
-        budget = training_flops(build_model(configs["VAR"]), tc.steps, tc.batch_size)
         equal_flops = steps_for_flops(build_model(configs["raster AR"]), budget, tc.batch_size)
     steps = {"raster AR (equal steps)": ("raster AR", tc.steps), "raster AR (equal FLOPs)": ("raster AR", equal_flops),
              "AR on VAR tokens": ("AR on VAR tokens", tc.steps), "VAR": ("VAR", tc.steps)}
@@ -169,7 +174,13 @@ class Job:
     key: str
     deps: tuple[str, ...]
     build: Callable[[], Any] = dataclasses.field(compare=False, repr=False)
-    flops: float = 0.0  # a transformer's training FLOPs (`transformer.training_flops`); 0 for the other stages
+    run: Run | None = dataclasses.field(default=None, compare=False, repr=False)  # a transformer job's
+
+    @property
+    def flops(self) -> float:
+        """A transformer job's training FLOPs (`Run.flops`, counted when asked: planning stays cheap for the job
+        processes, which plan to find their job); 0 for the other stages."""
+        return self.run.flops() if self.run is not None else 0.0
 
 
 def _named(what: str, key: str) -> str:
@@ -205,10 +216,8 @@ def transformer_jobs(run: Run) -> list[Job]:
     sets = [tokens_job(s, tok_cfg, "train", a) for a in range(run.train.token_sets)] + [tokens_job(s, tok_cfg, "test")]
     family = "AR-ms" if isinstance(cfg, MultiScaleARConfig) else "AR" if len(cfg.scales) == 1 else "VAR"
     key = run.key()
-    with torch.device("meta"):  # parameter counts only
-        flops = training_flops(build_model(cfg), run.train.steps, run.train.batch_size)
     return tok + sets + [Job(_named(f"{family}-d{cfg.depth}-seed{run.seed}", key), "transformer", key,
-                             (tok[-1].key, *(j.key for j in sets)), run.transformer, flops)]
+                             (tok[-1].key, *(j.key for j in sets)), run.transformer, run)]
 
 
 def _unique(jobs: list[Job]) -> list[Job]:

@@ -31,9 +31,10 @@ a transformer or tokenizer resumes from its last snapshot on the next run, which
 
 Written to OUT: results/ and figures/ (the notebooks'). To OUT/logs (or --logs): jobs/<job>.log, <notebook>.log and
 .ipynb, timings.tsv (one row per task: name, kind, status, exit code, start and end in seconds from the run's start,
-wall seconds, worker slot, note) and timings.json (the same rows, the jobs found in the cache, the plan with each
-transformer's training FLOPs, provenance). On a CUDA device with nvidia-smi also gpu_util.tsv (the GPU's utilisation
-sampled twice a second: the share of time a kernel ran) and, in timings.json, its mean while each kind of task ran.
+wall seconds, worker slot, note), provenance.json (the run's record: commit, parameters, device, wall time) and
+timings.json (the record with the same rows, the jobs found in the cache and the plan with each transformer's
+training FLOPs). On a CUDA device with nvidia-smi also gpu_util.tsv (the GPU's utilisation sampled twice a second:
+the share of time a kernel ran) and, in timings.json, its mean while each kind of task ran.
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ from .cli import positive_float, positive_int
 from .config import PROFILES
 from .device import resolve_device
 from .plan import NOTEBOOKS, READS_CLASSIFIER, Job, comparisons_by_default, notebook_jobs, plan
-from .report import PACKAGE_DIR, provenance
+from .report import PACKAGE_DIR, provenance, write_provenance
 from .study import Study
 
 log = logging.getLogger(__name__)
@@ -243,12 +244,12 @@ def slot_devices(device: str, jobs: int) -> tuple[str, list[dict[str, str]]]:
     return "cuda", [{"CUDA_VISIBLE_DEVICES": gpus[k % len(gpus)]} for k in range(jobs)]
 
 
-def check_devices(device: str, jobs: int) -> None:
-    """ValueError naming the problem when `device` (one name, or cuda:N,cuda:M,...) is not a list `slot_devices`
-    takes for `jobs` slots, or names a device that does not exist here."""
-    slot_devices(device, jobs)
+def check_devices(device: str, jobs: int) -> tuple[str, list[dict[str, str]]]:
+    """`slot_devices(device, jobs)`, after asking whether each device exists here: ValueError naming the problem."""
+    slots = slot_devices(device, jobs)
     for name in device.split(","):
         resolve_device(name.strip())
+    return slots
 
 
 def visible_gpu(index: int) -> str:
@@ -377,8 +378,7 @@ def run_study(profile: str, device: str, out: str | Path, notebooks: list[str] |
     started, started_at = time.perf_counter(), datetime.now(timezone.utc).isoformat(timespec="seconds")
     out = Path(out).resolve()
     logs = Path(logs).resolve() if logs else out / "logs"
-    check_devices(device, jobs)
-    task_device, slot_env = slot_devices(device, jobs)
+    task_device, slot_env = check_devices(device, jobs)
     study = Study.create(profile, device=device.split(",")[0])
     notebooks = [find_notebook(nb) for nb in notebooks]
     jobs_planned = plan(study, notebooks)
@@ -405,13 +405,16 @@ def run_study(profile: str, device: str, out: str | Path, notebooks: list[str] |
                                           "train_only": train_only, "out": str(out), "logs": str(logs),
                                           "time_limit_s": time_limit_s,
                                           "slot_gpus": slot_gpus},
-                        study.device, None, time.perf_counter() - started, [str(timings)],
-                        {"started_at": started_at, "cache": str(cache_dir()), "tasks": [asdict(o) for o in outcomes],
-                         "gpu_busy_pct": busy_by_kind(outcomes, gpu.samples, slot_gpus or None),
-                         "cached": [j.name for j in jobs_planned if j.key not in pending],
-                         "plan": [{"name": j.name, "kind": j.kind, "key": j.key, "deps": list(j.deps),
-                                   "flops": j.flops} for j in jobs_planned]})
-    (logs / "timings.json").write_text(json.dumps(record, indent=2) + "\n")
+                        study.device, None, time.perf_counter() - started,
+                        [str(logs / name) for name in ("timings.tsv", "timings.json", "gpu_util.tsv")],
+                        {"started_at": started_at, "cache": str(cache_dir())})
+    write_provenance(logs, record)
+    (logs / "timings.json").write_text(json.dumps({
+        **record, "tasks": [asdict(o) for o in outcomes],
+        "gpu_busy_pct": busy_by_kind(outcomes, gpu.samples, slot_gpus or None),
+        "cached": [j.name for j in jobs_planned if j.key not in pending],
+        "plan": [{"name": j.name, "kind": j.kind, "key": j.key, "deps": list(j.deps), "flops": j.flops}
+                 for j in jobs_planned]}, indent=2) + "\n")
     bad = [o.name for o in outcomes if o.status != "done"]
     log.info("study run in %.0f s: %d tasks done%s", time.perf_counter() - started, len(outcomes) - len(bad),
              f", not done: {', '.join(bad)}" if bad else "")
